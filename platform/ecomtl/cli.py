@@ -1,0 +1,110 @@
+"""``ecomtl`` command line. Thin: each command parses its arguments and calls the same
+functions as the ``jobs/`` scripts.
+
+    ecomtl train jobs/configs/demo.yaml [key=value ...] [--resume RUN]
+    ecomtl evaluate BUNDLE [--data-root DIR] [--split SPLIT]
+    ecomtl export CHECKPOINT_DIR OUT
+    ecomtl baseline jobs/configs/demo.yaml        # TF-IDF + logistic regression per head
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+from ecomtl.config.load import ConfigError, load_config
+
+
+def cmd_train(args) -> int:
+    from ecomtl.report import metrics_table
+    from ecomtl.train.run import train_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    out = train_experiment(cfg, run_name=args.resume)
+    print(f"\nvalidation metrics of the exported bundle (checkpoint at step {out.selection.get('step')}):")
+    print(metrics_table(out.metrics))
+    print(f"\naggregate {sum(m['score'] for m in out.metrics.values()) / len(out.metrics):.4f} | "
+          f"wall {out.wall_s / 60:.1f} min | run {out.run_dir}")
+    if out.plot:
+        print(f"training curves: {out.plot}")
+    print(f"bundle: {out.bundle}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ecomtl.evaluation import evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, data_root=args.data_root, split=args.split,
+                             batch_size=args.batch_size, max_rows=args.max_rows)
+    print(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from ecomtl.model.bundle import copy_bundle
+    from ecomtl.train.loop import BUNDLE_DIR
+
+    print(copy_bundle(Path(args.checkpoint) / BUNDLE_DIR, args.out))
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from ecomtl.baseline import tfidf_baseline
+    from ecomtl.report import metrics_table
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = tfidf_baseline(cfg)
+    print(metrics_table(metrics))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecomtl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="multi-task training on Ray Train + DeepSpeed; exports a bundle")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.steps=100")
+    t.add_argument("--resume", metavar="RUN", help="resume the run of this name from its latest checkpoint")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a bundle on a data root/split; prints JSON")
+    e.add_argument("bundle")
+    e.add_argument("--data-root", help="root the bundle's path templates resolve against "
+                                       "(default: $ECOMTL_DATA_ROOT or ../shared/datasets)")
+    e.add_argument("--split", default="validation")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-rows", type=int, help="score a fixed random subset of each source")
+    e.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("export", help="copy the bundle out of a training checkpoint (atomically)")
+    x.add_argument("checkpoint")
+    x.add_argument("out")
+    x.set_defaults(fn=cmd_export)
+
+    b = sub.add_parser("baseline", help="TF-IDF + logistic regression per head, same splits")
+    b.add_argument("config")
+    b.add_argument("overrides", nargs="*")
+    b.add_argument("--out", help="also write the metrics as JSON here")
+    b.set_defaults(fn=cmd_baseline)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"ecomtl: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

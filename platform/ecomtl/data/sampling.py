@@ -1,0 +1,124 @@
+"""Which source each micro-step trains on, and which rows each rank takes from it.
+
+Everything here is a pure function of (seed, counter), so every rank draws the same
+source at the same step (ZeRO needs identical module calls on all ranks) and a resumed
+run continues the exact sequence from the saved counters."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ecomtl.registry import Registry
+
+SAMPLERS: Registry[type["SourceSampler"]] = Registry("task sampler")
+_CHUNK = 4096
+
+
+class SourceSampler:
+    def __init__(self, sizes: dict[str, int], seed: int, temperature: float = 1.0):
+        if not sizes or min(sizes.values()) <= 0:
+            raise ValueError(f"every source needs rows to sample from: {sizes}")
+        self.names = list(sizes)
+        self.sizes = sizes
+        self.seed = seed
+        self.temperature = temperature
+
+    def probabilities(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def source_at(self, i: int) -> str:
+        raise NotImplementedError
+
+
+class _Random(SourceSampler):
+    exponent: Optional[float] = None
+
+    def probabilities(self):
+        n = np.array([self.sizes[s] for s in self.names], dtype=np.float64)
+        p = n ** self._exponent()
+        return dict(zip(self.names, (p / p.sum()).tolist()))
+
+    def _exponent(self) -> float:
+        return 1.0 / self.temperature
+
+    def _chunk(self, c: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_chunks", {})
+        if c not in cache:
+            p = np.array(list(self.probabilities().values()))
+            cache.clear()  # draws are sequential: only the current chunk is needed
+            cache[c] = np.random.default_rng([self.seed, c]).choice(len(self.names), size=_CHUNK, p=p)
+        return cache[c]
+
+    def source_at(self, i):
+        return self.names[int(self._chunk(i // _CHUNK)[i % _CHUNK])]
+
+
+@SAMPLERS.register("proportional")
+class ProportionalSampler(_Random):
+    """p(source) ∝ its number of rows."""
+
+    def _exponent(self):
+        return 1.0
+
+
+@SAMPLERS.register("temperature")
+class TemperatureSampler(_Random):
+    """p(source) ∝ rows^(1/T): T=1 is proportional, large T tends to uniform (small
+    datasets get more steps than their size alone would give)."""
+
+
+@SAMPLERS.register("round_robin")
+class RoundRobinSampler(SourceSampler):
+    def probabilities(self):
+        return {s: 1.0 / len(self.names) for s in self.names}
+
+    def source_at(self, i):
+        return self.names[i % len(self.names)]
+
+
+def build_sampler(kind: str, sizes: dict[str, int], seed: int, temperature: float) -> SourceSampler:
+    return SAMPLERS.get(kind)(sizes, seed=seed, temperature=temperature)
+
+
+class ShardedBatches:
+    """Batch k of one source for one rank, as a function of k.
+
+    An epoch is a seeded permutation; the global batch (batch_size × world) is split
+    across ranks, so ranks never see the same row in the same epoch. With ``lengths``,
+    rows are sorted by length within windows of ``window`` batches and the batches of a
+    window shuffled: far less padding, still random order."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int,
+                 lengths: Optional[np.ndarray] = None, window: int = 50):
+        self.n, self.bs, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
+        self.global_bs = batch_size * world
+        self.per_epoch = max(1, n // self.global_bs)
+        self.lengths = lengths
+        self.window = window
+        self._cached: tuple = (None, None)
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if self._cached[0] != epoch:
+            self._cached = (epoch, self._make_epoch(epoch))
+        return self._cached[1]
+
+    def _make_epoch(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(self.n)
+        if len(perm) < self.per_epoch * self.global_bs:  # tiny source: wrap around
+            perm = np.resize(perm, self.per_epoch * self.global_bs)
+        perm = perm[: self.per_epoch * self.global_bs].reshape(self.per_epoch, self.global_bs)
+        if self.lengths is not None:
+            for start in range(0, self.per_epoch, self.window):
+                block = perm[start:start + self.window]
+                flat = block.reshape(-1)
+                flat = flat[np.argsort(self.lengths[flat], kind="stable")]
+                block = flat.reshape(block.shape)[rng.permutation(len(block))]
+                perm[start:start + self.window] = block
+        return perm
+
+    def batch(self, k: int) -> np.ndarray:
+        rows = self._epoch(k // self.per_epoch)[k % self.per_epoch]
+        return rows[self.rank::self.world]

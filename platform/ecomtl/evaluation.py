@@ -1,0 +1,109 @@
+"""Scoring: per-task metrics and the aggregate used for model selection, for the
+training loop (sharded across ranks) and for a bundle on any split."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ecomtl.data.collate import collate
+from ecomtl.data.prepare import PreparedSplit
+from ecomtl.tasks import TASK_HEADS
+
+AGGREGATE = "aggregate"
+
+
+@torch.no_grad()
+def predict_pairs(
+    model,
+    split: PreparedSplit,
+    tasks: list[str],
+    rows: np.ndarray,
+    batch_size: int,
+    pad_id: int,
+    device,
+    n_batches: Optional[int] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> dict[str, list]:
+    """(gold, prediction) pairs of ``tasks`` over ``rows``. With ``n_batches`` larger
+    than needed, extra forward passes run on a filler batch whose output is dropped:
+    under ZeRO-3 every rank must call the model the same number of times."""
+    label_dtypes = {t: model.heads[t].label_dtype for t in tasks}
+    needed = math.ceil(len(rows) / batch_size)
+    n_batches = max(needed, n_batches or 0)
+    out = {t: [] for t in tasks}
+    was_training = model.training
+    model.eval()
+    for b in range(n_batches):
+        chunk = rows[b * batch_size:(b + 1) * batch_size]
+        filler = len(chunk) == 0
+        if filler:
+            chunk = np.array([0])
+        batch = collate(split, chunk, pad_id, label_dtypes)
+        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                tasks,
+                token_type_ids=batch["token_type_ids"].to(device) if "token_type_ids" in batch else None,
+            )
+        if filler:
+            continue
+        for t in tasks:
+            out[t].extend(model.heads[t].gold_and_pred(logits[t].float().cpu(), batch["labels"][t]))
+    model.train(was_training)
+    return out
+
+
+def eval_rows(split: PreparedSplit, max_rows: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """Rows to score (a fixed random subset when capped), ordered by length so that
+    batches need little padding."""
+    rows = np.arange(len(split))
+    if max_rows and max_rows < len(rows):
+        rows = np.random.default_rng(seed).choice(rows, size=max_rows, replace=False)
+    lengths = split.lengths()[rows]
+    return rows[np.argsort(lengths, kind="stable")]
+
+
+def task_metrics(pairs: dict[str, list], specs: dict[str, dict]) -> dict[str, dict]:
+    """``specs[task] = {"head": ..., "labels": ...}`` → per-task metrics plus the
+    aggregate (mean of each task's ``score``)."""
+    return {t: TASK_HEADS.get(specs[t]["head"]).metrics(p, specs[t]["labels"]) for t, p in pairs.items()}
+
+
+def aggregate(metrics: dict[str, dict]) -> float:
+    scores = [m["score"] for m in metrics.values()]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def flatten(metrics: dict[str, dict]) -> dict[str, float]:
+    """``{"rating/macro_f1": ..., ..., "aggregate": ...}`` for Ray reports and tables."""
+    flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
+    flat[AGGREGATE] = aggregate(metrics)
+    return flat
+
+
+def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: str = "validation",
+                    batch_size: int = 64, max_rows: Optional[int] = None, device: str = "cpu") -> dict:
+    """Score a bundle on ``{root}/…/{split}`` files laid out like the training data."""
+    from ecomtl.data.prepare import prepare_data
+    from ecomtl.model.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path, device=device)
+    cfg = bundle.config
+    root = data_root or cfg.resolved_data_root()
+    data = prepare_data(cfg, bundle.tokenizer, splits=(split,), label_infos=bundle.label_infos,
+                        max_lengths=bundle.max_lengths, root=root)
+    specs = {t: {"head": s["head"], "labels": s["labels"]} for t, s in bundle.spec["tasks"].items()}
+    pairs = {}
+    for source, tasks in cfg.task_names_by_source().items():
+        part = data.splits[split][source]
+        rows = eval_rows(part, max_rows)
+        pairs.update(predict_pairs(bundle.model, part, tasks, rows, batch_size,
+                                   bundle.tokenizer.pad_token_id, device))
+    metrics = task_metrics(pairs, specs)
+    return {"bundle": str(bundle.path), "data_root": root, "split": split,
+            "tasks": metrics, AGGREGATE: aggregate(metrics), "data_report": data.report()[split]}

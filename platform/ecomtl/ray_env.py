@@ -1,0 +1,37 @@
+"""Connecting to Ray the same way from the CLI, jobs/ scripts and tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def runtime_env() -> dict:
+    """Ship this package to every worker with ``py_modules`` (the driver's exact code,
+    whether it was pip-installed, run from a checkout, or uploaded by ``ray job submit``)
+    and carry the data root so that ``../shared``-relative defaults resolve the same."""
+    from ecomtl.config.schema import DATA_ROOT_ENV
+
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    if os.environ.get(DATA_ROOT_ENV):
+        env_vars[DATA_ROOT_ENV] = os.environ[DATA_ROOT_ENV]
+    return {"py_modules": [str(PACKAGE_DIR)], "env_vars": env_vars}
+
+
+def init_ray(**kwargs) -> None:
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local
+    instance. Already connected (e.g. inside a job, or a test fixture): nothing to do."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ray.init(runtime_env=runtime_env(), **kwargs)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,82 @@
+"""What every task head provides. A new head type is one file in this package that
+subclasses ``TaskHead`` and registers itself in ``TASK_HEADS``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from ecomtl.registry import Registry
+
+TASK_HEADS: Registry[type["TaskHead"]] = Registry("task head")
+IGNORE = -100  # label value that contributes no loss and no metric
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+class TaskHead(nn.Module):
+    #: which source kinds the head accepts: "text", "pair", "tokens"
+    input_kinds: ClassVar[tuple[str, ...]]
+    #: "sequence" heads read the pooled vector, "token" heads every token state
+    level: ClassVar[str] = "sequence"
+    #: torch dtype of the encoded labels
+    label_dtype: ClassVar[torch.dtype] = torch.long
+    #: what a missing label is stored as
+    ignore_value: ClassVar[Any] = IGNORE
+
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1):
+        super().__init__()
+        self.label_info = label_info
+
+    # -- labels -----------------------------------------------------------------------
+    @classmethod
+    def fit_labels(cls, values: list) -> dict:
+        """Learn the label space from the train split's (non-missing) values."""
+        raise NotImplementedError
+
+    @classmethod
+    def encode_label(cls, value: Any, info: dict) -> tuple[Optional[Any], Optional[str]]:
+        """(encoded, None), or (None, reason) with reason 'missing_label' / 'unknown_label'."""
+        raise NotImplementedError
+
+    # -- model ------------------------------------------------------------------------
+    def forward(self, pooled: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- evaluation ---------------------------------------------------------------------
+    def gold_and_pred(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[Any, Any]]:
+        """Per example (gold, prediction) in the head's own plain-Python form; examples
+        whose label is missing are left out."""
+        raise NotImplementedError
+
+    @classmethod
+    def metrics(cls, pairs: list[tuple[Any, Any]], info: dict) -> dict[str, float]:
+        """Metrics over all (gold, prediction) pairs; must include ``score`` in [0, 1]
+        (higher is better), which the aggregate for model selection averages."""
+        raise NotImplementedError
+
+    # -- serving ------------------------------------------------------------------------
+    def predict(self, logits: torch.Tensor, **context) -> list[dict]:
+        """JSON-ready predictions for one batch."""
+        raise NotImplementedError
+
+
+def guarded_mean(per_item: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled items; a batch with none gives a zero that still touches the
+    graph, so every rank runs the same backward under ZeRO."""
+    n = mask.sum()
+    if n == 0:
+        return logits.sum() * 0.0
+    return (per_item * mask).sum() / n

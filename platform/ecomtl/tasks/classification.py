@@ -1,0 +1,93 @@
+"""Single-label classification of one text or a text pair (e.g. product matching)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from torch.nn import functional as F
+
+from ecomtl.tasks.base import IGNORE, TASK_HEADS, TaskHead, guarded_mean, is_missing
+
+
+def label_key(value: Any) -> str:
+    """Labels are named by strings; 5, 5.0 and "5" are the same label."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _sort_key(name: str):
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+@TASK_HEADS.register("classification")
+class ClassificationHead(TaskHead):
+    input_kinds = ("text", "pair")
+
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1):
+        super().__init__(hidden_size, label_info, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, len(label_info["names"]))
+
+    @classmethod
+    def fit_labels(cls, values: list) -> dict:
+        names = sorted({label_key(v) for v in values if not is_missing(v)}, key=_sort_key)
+        if len(names) < 2:
+            raise ValueError(f"classification needs at least 2 labels in train, found {names}")
+        return {"names": names}
+
+    @classmethod
+    def encode_label(cls, value, info) -> tuple[Optional[int], Optional[str]]:
+        if is_missing(value):
+            return None, "missing_label"
+        key = label_key(value)
+        try:
+            return info["names"].index(key), None
+        except ValueError:
+            return None, "unknown_label"
+
+    def forward(self, pooled, hidden):
+        return self.out(self.dropout(pooled))
+
+    def loss(self, logits, labels):
+        mask = (labels != IGNORE).float()
+        per_item = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+        return guarded_mean(per_item, mask, logits)
+
+    def gold_and_pred(self, logits, labels):
+        pred = logits.argmax(-1).tolist()
+        return [(g, p) for g, p in zip(labels.tolist(), pred) if g != IGNORE]
+
+    @classmethod
+    def metrics(cls, pairs, info):
+        if not pairs:
+            return {"n": 0, "score": 0.0}
+        gold, pred = np.array([g for g, _ in pairs]), np.array([p for _, p in pairs])
+        labels = list(range(len(info["names"])))
+        out = {
+            "n": len(pairs),
+            "accuracy": float(accuracy_score(gold, pred)),
+            "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
+        }
+        if len(labels) == 2:
+            out["pos_f1"] = float(f1_score(gold, pred, pos_label=1, average="binary", zero_division=0))
+        out["score"] = out["macro_f1"]
+        return out
+
+    def predict(self, logits, **context):
+        probs = logits.float().softmax(-1)
+        names = self.label_info["names"]
+        out = []
+        for row in probs.tolist():
+            best = int(np.argmax(row))
+            out.append({"label": names[best], "probabilities": dict(zip(names, row))})
+        return out

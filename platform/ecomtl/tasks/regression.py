@@ -1,0 +1,78 @@
+"""Scalar regression (e.g. star rating as a number). Targets are standardised with the
+train split's mean and std so one learning rate suits any scale."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing
+
+@TASK_HEADS.register("regression")
+class RegressionHead(TaskHead):
+    input_kinds = ("text", "pair")
+    label_dtype = torch.float32
+    ignore_value = float("nan")
+
+    def __init__(self, hidden_size, label_info, dropout=0.1):
+        super().__init__(hidden_size, label_info, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, 1)
+
+    @classmethod
+    def fit_labels(cls, values):
+        arr = np.array([float(v) for v in values if not is_missing(v)], dtype=np.float64)
+        if arr.size < 2:
+            raise ValueError("regression needs at least 2 labelled train rows")
+        return {"mean": float(arr.mean()), "std": float(arr.std() or 1.0)}
+
+    @classmethod
+    def encode_label(cls, value, info):
+        if is_missing(value):
+            return None, "missing_label"
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return None, "unknown_label"
+        if not math.isfinite(v):
+            return None, "unknown_label"
+        return (v - info["mean"]) / info["std"], None
+
+    def forward(self, pooled, hidden):
+        return self.out(self.dropout(pooled)).squeeze(-1)
+
+    def loss(self, logits, labels):
+        mask = (~torch.isnan(labels)).float()
+        per_item = (logits.float() - torch.nan_to_num(labels)) ** 2
+        return guarded_mean(per_item, mask, logits)
+
+    def _denorm(self, x):
+        return x * self.label_info["std"] + self.label_info["mean"]
+
+    def gold_and_pred(self, logits, labels):
+        return [
+            (self._denorm(g), self._denorm(p))
+            for g, p in zip(labels.tolist(), logits.float().tolist())
+            if not math.isnan(g)
+        ]
+
+    @classmethod
+    def metrics(cls, pairs, info):
+        if not pairs:
+            return {"n": 0, "score": 0.0}
+        gold, pred = np.array(pairs).T
+        mse = float(((gold - pred) ** 2).mean())
+        var = float(gold.var()) or 1.0
+        return {
+            "n": len(pairs),
+            "rmse": math.sqrt(mse),
+            "mae": float(np.abs(gold - pred).mean()),
+            "r2": 1 - mse / var,
+            "score": max(0.0, 1 - mse / var),
+        }
+
+    def predict(self, logits, **context):
+        return [{"value": self._denorm(v)} for v in logits.float().tolist()]

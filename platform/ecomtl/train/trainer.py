@@ -1,0 +1,50 @@
+"""Builds the Ray Train ``TorchTrainer`` for an experiment."""
+
+from __future__ import annotations
+
+import os
+
+from ecomtl.config.schema import ExperimentConfig
+from ecomtl.evaluation import AGGREGATE
+from ecomtl.train.loop import train_loop_per_worker
+
+
+def storage_path(cfg: ExperimentConfig) -> str:
+    """Local paths are expanded; URIs (s3://, gs://, ...) go to pyarrow unchanged."""
+    path = cfg.output.storage_path
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_use_gpu(cfg: ExperimentConfig) -> bool:
+    if cfg.distributed.use_gpu == "auto":
+        from ecomtl.ray_env import cluster_has_gpus
+
+        return cluster_has_gpus()
+    return bool(cfg.distributed.use_gpu)
+
+
+def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = resolve_use_gpu(cfg)
+    d = cfg.distributed
+    resources = {"CPU": d.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.model_dump(mode="json") | {"distributed": d.model_dump() | {"use_gpu": use_gpu}},
+                           "data": data_ref},
+        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path(cfg),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.training.keep_checkpoints,
+                checkpoint_score_attribute=AGGREGATE,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            callbacks=callbacks or [],
+        ),
+    )
