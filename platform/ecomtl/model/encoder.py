@@ -40,5 +40,5 @@ def load_encoder(cfg: ModelConfig, vocab_size: int):
             attention_probs_dropout_prob=cfg.dropout,
             **cfg.tiny.model_dump(),
         )
-        return BertModel(config, add_pooling_layer=False)
+        return BertModel(config)  # with a pooler, like the pretrained checkpoints it stands in for
     return AutoModel.from_pretrained(encoder_location(cfg.encoder), use_safetensors=True)

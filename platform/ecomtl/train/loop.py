@@ -13,6 +13,7 @@ bundle from rank 0), ``ray.train.report``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,8 @@ from ecomtl.train.progress import Progress
 from ecomtl.weighting import WEIGHTINGS
 
 STATE_FILE = "trainer_state.json"
+# Ray Train sends worker logs to the driver; print() would be echoed twice there.
+log = logging.getLogger("ecomtl.train")
 DS_DIR, DS_TAG, BUNDLE_DIR = "deepspeed", "state", "bundle"
 
 
@@ -92,7 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
             state = json.loads(Path(d, STATE_FILE).read_text())
             weighting.load_state_dict(state.get("weighting", {}))
         if rank == 0:
-            print(f"[ecomtl] resumed from checkpoint at step {state['step']}", flush=True)
+            log.info("[ecomtl] resumed from checkpoint at step %d", state["step"])
 
     def evaluate() -> dict:
         pairs = {}
@@ -158,7 +161,7 @@ def train_loop_per_worker(config: dict) -> None:
             text, record = progress.line(step, scheduler.get_last_lr()[0])
             state["history"].append({"kind": "train", **record})
             if rank == 0:
-                print(f"[ecomtl] {text}", flush=True)
+                log.info("[ecomtl] %s", text)
         if step % cfg.training.eval_every == 0 or step == cfg.training.steps:
             metrics = evaluate()
             score = sum(m["score"] for m in metrics.values()) / len(metrics)
@@ -171,8 +174,8 @@ def train_loop_per_worker(config: dict) -> None:
             state["stopped_early"] = stopped_early
             if rank == 0:
                 summary = " ".join(f"{t} {m['score']:.3f}" for t, m in metrics.items())
-                print(f"[ecomtl] eval step {step} | {AGGREGATE} {score:.4f} (best {state['best']:.4f}) | {summary}"
-                      + (" | early stop" if stopped_early else ""), flush=True)
+                log.info(f"[ecomtl] eval step {step} | {AGGREGATE} {score:.4f} (best {state['best']:.4f}) | {summary}"
+                         + (" | early stop" if stopped_early else ""))
             save_and_report(metrics)
 
 
