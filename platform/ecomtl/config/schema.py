@@ -86,6 +86,9 @@ class TaskConfig(Strict):
     head: str
     label: str = Field(description="column holding the label")
     weight: float = Field(1.0, gt=0, description="static loss weight")
+    class_balance: Literal["none", "sqrt", "inverse"] = Field(
+        "none", description="classification: weight classes by train frequency^-1/2 or ^-1 (helps macro-F1)"
+    )
 
     @field_validator("head")
     @classmethod
@@ -222,6 +225,8 @@ class ExperimentConfig(Strict):
                     f"tasks.{name}.source: unknown source {task.source!r}; known: {', '.join(self.sources)}"
                 )
             head = TASK_HEADS.get(task.head)
+            if task.class_balance != "none" and task.head != "classification":
+                raise ValueError(f"tasks.{name}.class_balance: only classification heads weight classes")
             kind = self.sources[task.source].kind
             if kind not in head.input_kinds:
                 raise ValueError(
