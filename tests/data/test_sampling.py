@@ -68,3 +68,8 @@ def test_length_grouping_reduces_padding():
 def test_tiny_source_wraps():
     sb = ShardedBatches(3, 4, 0, 2, seed=0)
     assert len(sb.batch(0)) == 4
+
+
+def test_source_weights_multiply_and_renormalise():
+    p = build_sampler("proportional", {"a": 100, "b": 100}, 0, 1.0, weights={"a": 3.0}).probabilities()
+    assert p == pytest.approx({"a": 0.75, "b": 0.25})

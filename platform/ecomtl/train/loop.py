@@ -78,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     train = data.splits["train"]
     by_source = cfg.task_names_by_source()
     sampler = build_sampler(
-        cfg.sampling.kind, {s: len(d) for s, d in train.items()}, cfg.training.seed, cfg.sampling.temperature
+        cfg.sampling.kind, {s: len(d) for s, d in train.items()}, cfg.training.seed, cfg.sampling.temperature,
+        cfg.sampling.weights,
     )
     batches = {
         s: ShardedBatches(len(d), cfg.training.batch_size, rank, world, cfg.training.seed + i, lengths=d.lengths())
