@@ -144,6 +144,16 @@ class Preprocessor:
             raise InputError(404, "unknown_task", f"unknown task {task!r}; known: {', '.join(self.spec['tasks'])}")
         return self.spec["tasks"][task]["source"]
 
+    def group(self, tasks: list[str], items: list[tuple[str, Optional[str]]]) -> dict[str, list[str]]:
+        """Tasks by source, after checking that every task accepts these inputs."""
+        if not tasks:
+            raise InputError(422, "no_tasks", "give at least one task")
+        by_source: dict[str, list[str]] = {}
+        for t in dict.fromkeys(tasks):
+            by_source.setdefault(self.task_source(t), []).append(t)
+            check_items(items, self.task_kind(t), self.limits, f"task {t!r}")
+        return by_source
+
     def features(self, source: str, items: list[tuple[str, Optional[str]]]) -> Features:
         src = self.spec["sources"][source]
         texts = [t for t, _ in items]
@@ -255,20 +265,10 @@ class Predictor:
         return cls(Preprocessor(b.tokenizer, b.spec, limits), EncoderRunner(b.model.encoder, b.spec["pooling"]),
                    HeadRunner(dict(b.model.heads.items())), b.spec)
 
-    def group(self, tasks: list[str], items: list[tuple[str, Optional[str]]]) -> dict[str, list[str]]:
-        """Tasks by source, after checking that every task accepts these inputs."""
-        if not tasks:
-            raise InputError(422, "no_tasks", "give at least one task")
-        by_source: dict[str, list[str]] = {}
-        for t in dict.fromkeys(tasks):
-            by_source.setdefault(self.pre.task_source(t), []).append(t)
-            check_items(items, self.pre.task_kind(t), self.pre.limits, f"task {t!r}")
-        return by_source
-
     def predict(self, tasks: list[str], inputs: Any) -> dict[str, list[dict]]:
         items = normalize_items(inputs)
         out = {}
-        for source, names in self.group(tasks, items).items():
+        for source, names in self.pre.group(tasks, items).items():
             feats = self.pre.features(source, items)
             enc = self.encoder.encode(feats, self.heads.needs_hidden(names))
             for t in names:
