@@ -9,6 +9,7 @@ keys fail with their dotted name) before any replica starts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Union
 
@@ -28,7 +29,10 @@ def head_deployment_name(task: str) -> str:
 
 def build_app(args: Union[AppArgs, dict]) -> Application:
     args = AppArgs.model_validate(args.model_dump() if isinstance(args, AppArgs) else args)
-    bundle = str(check_bundle(Path(args.bundle).expanduser()).resolve())
+    path = os.path.expandvars(args.bundle)
+    if "$" in path:
+        raise ValueError(f"args.bundle: {args.bundle!r} names an unset environment variable")
+    bundle = str(check_bundle(Path(path).expanduser()).resolve())
     spec = read_spec(bundle)
     unknown = set(args.tasks) - set(spec["tasks"])
     if unknown:
@@ -44,3 +48,29 @@ def build_app(args: Union[AppArgs, dict]) -> Application:
         heads[task] = Head.options(name=head_deployment_name(task), **h.serve_options()).bind(
             bundle, task, encoder, h.batching, h.torch_threads)
     return Ingress.options(name="ingress", **args.ingress.serve_options()).bind(bundle, heads, encoder, args.limits)
+
+
+def serve_bundle(args: Union[AppArgs, dict], host: str = "127.0.0.1", port: int = 8000,
+                 name: str = "ecomtl", blocking: bool = True):
+    """``ecomtl serve BUNDLE``: the app on a local Ray (or the cluster of ``RAY_ADDRESS``),
+    HTTP on host:port, the OpenAPI page at /docs. Blocks until Ctrl-C, then shuts Serve down."""
+    from ray import serve
+
+    from ecomtl.ray_env import init_ray
+
+    app = build_app(args)  # validate and check the bundle before starting anything
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    handle = serve.run(app, name=name, route_prefix="/")
+    print(f"ecomtl serving at http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
+    if not blocking:
+        return handle
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
