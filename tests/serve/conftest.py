@@ -3,10 +3,17 @@ local Ray with HTTP on 127.0.0.1 at a free port (other test sessions may hold 80
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
+
+# Serve's routers push autoscaling metrics every 10 s by default: a burst test would
+# wait tens of seconds to see anything. Set before the session's Ray starts (its
+# processes inherit the environment); only Serve reads these.
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -31,11 +38,17 @@ def tiny_bundle(tmp_path_factory, data_root) -> str:
 LIGHT = {"ray_actor_options": {"num_cpus": 0.1}, "torch_threads": 1}
 
 
-def app_args(bundle: str, **overrides) -> dict:
+def make_app_args(bundle: str, **overrides) -> dict:
     args = {"bundle": bundle, "max_items": 8, "max_text_chars": 2000,
             "ingress": dict(LIGHT), "encoder": dict(LIGHT), "heads": dict(LIGHT)}
     args.update(overrides)
     return args
+
+
+@pytest.fixture(scope="session")
+def app_args():
+    """``app_args(bundle, **overrides)``: test-sized app builder arguments."""
+    return make_app_args
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +69,6 @@ def served(serve_http, tiny_bundle):
 
     from ecomtl.serve.app import build_app
 
-    serve.run(build_app(app_args(tiny_bundle)), name="ecomtl", route_prefix="/")
+    serve.run(build_app(make_app_args(tiny_bundle)), name="ecomtl", route_prefix="/")
     yield serve_http
     serve.delete("ecomtl")

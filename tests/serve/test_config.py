@@ -41,6 +41,11 @@ def test_unknown_keys_and_bad_values_name_the_field(tiny_bundle):
         AppArgs.model_validate({"bundle": tiny_bundle, "tasks": {"rating": {"ray_actor_options": {"cpus": 1}}}})
 
 
+def test_a_full_request_must_fit_one_batch(tiny_bundle):
+    with pytest.raises(ValueError, match="heads.batching.max_batch_size .16. is below max_items .32."):
+        AppArgs.model_validate({"bundle": tiny_bundle, "max_items": 32, "heads": {"batching": {"max_batch_size": 16}}})
+
+
 def test_per_task_override_merges_over_head_defaults(tiny_bundle):
     args = AppArgs.model_validate({"bundle": tiny_bundle, "heads": {"torch_threads": 1},
                                    "tasks": {"rating": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}}})

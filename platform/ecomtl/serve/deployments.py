@@ -70,6 +70,14 @@ async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+def encoder_rows(calls: list) -> int:
+    return sum(len(feats.input_ids) for feats, _ in calls)
+
+
+def item_rows(calls: list) -> int:
+    return sum(len(items) for items in calls)
+
+
 def configure_batching(method, batching: Batching) -> None:
     method.set_max_batch_size(batching.max_batch_size)
     method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -87,7 +95,9 @@ class Encoder:
     async def __call__(self, feats: Features, need_hidden: bool):
         return await self.encode((feats, need_hidden))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # limits reset from the args in __init__
+    # Batches count texts (rows), not calls: one 32-text request weighs 32 single-text
+    # ones. Limits are reset from the args in __init__.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=encoder_rows)
     async def encode(self, calls: list[tuple[Features, bool]]):
         merged = Features.concat([f for f, _ in calls])
         # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
@@ -118,7 +128,8 @@ class Head:
     async def predict(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
         return await self.predict_batch(items)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    # Two batches in flight: one waits on the encoder while the next is tokenised.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
     async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
         feats = self.pre.features(self.source, [x for items in calls for x in items])
         if self.local is not None:

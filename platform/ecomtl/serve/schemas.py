@@ -92,9 +92,10 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_typ
 
 
 class Batching(Strict):
-    """``@serve.batch`` limits: calls merged into one forward pass, and how long to wait."""
+    """``@serve.batch`` limits: texts (rows, not requests) merged into one forward pass,
+    and how long the first waits for more."""
 
-    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_size: int = Field(64, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
 
 
@@ -147,7 +148,8 @@ class AppArgs(Strict):
     layout: Literal["shared", "naive"] = Field(
         "shared", description="shared: one encoder deployment + light per-task heads; "
                              "naive: every task deployment holds the full model (baseline)")
-    max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=4096)
+    max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=4096,
+                           description="inputs per request; at most every batching.max_batch_size")
     max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=1)
     ingress: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
     encoder: DeploymentArgs = DeploymentArgs()
@@ -171,4 +173,10 @@ class AppArgs(Strict):
                 self.head_args(task)
             except ValueError as err:
                 raise ValueError(f"tasks.{task}: {err}") from None
+        # a request is never split across forward passes: the largest must fit one batch
+        parts = {"encoder": self.encoder, "heads": self.heads, **{f"tasks.{t}": self.head_args(t) for t in self.tasks}}
+        for name, part in parts.items():
+            if part.batching.max_batch_size < self.max_items:
+                raise ValueError(f"{name}.batching.max_batch_size ({part.batching.max_batch_size}) is below "
+                                 f"max_items ({self.max_items}): a full request would not fit one batch")
         return self
