@@ -31,7 +31,7 @@ from ecomtl.serve.schemas import Batching
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
-RETRIES = 2  # a replica that dies mid-request (scale-down, crash) costs a retry, not an error
+RETRIES = 3  # a replica that dies mid-request (scale-down, crash) costs a retry, not an error
 
 
 def read_spec(bundle: str | Path) -> dict:
@@ -54,19 +54,25 @@ def load_encoder_runner(bundle: str | Path, spec: dict, torch_threads: Optional[
     return EncoderRunner(encoder, spec["pooling"])
 
 
-async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
-    """Predictions are pure functions of the input, so re-sending one whose replica died
-    is safe; Serve routes the retry to a live replica."""
+def replica_died(err: BaseException) -> bool:
+    """A replica (this call's, or one it called in turn) died under the request."""
     from ray.exceptions import RayActorError
 
+    return isinstance(err, RayActorError) or isinstance(getattr(err, "cause", None), RayActorError)
+
+
+async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
+    """Predictions are pure functions of the input, so re-sending one whose replica died
+    is safe; Serve routes the retry to a live replica (or holds it until a replacement
+    is up)."""
     for attempt in range(RETRIES + 1):
         try:
             return await call()
-        except RayActorError:
-            if attempt == RETRIES:
+        except Exception as err:
+            if attempt == RETRIES or not replica_died(err):
                 raise
-            log.warning("replica died mid-request; retrying (%d/%d)", attempt + 1, RETRIES)
-            await asyncio.sleep(0.05 * (attempt + 1))
+            log.warning("replica died mid-request; retrying (%d/%d): %s", attempt + 1, RETRIES, type(err).__name__)
+            await asyncio.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
 

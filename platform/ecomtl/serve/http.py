@@ -19,7 +19,7 @@ from ray import serve
 from starlette.requests import Request
 
 from ecomtl.model.predictor import InputError, Limits, Preprocessor
-from ecomtl.serve.deployments import load_tokenizer, read_spec, with_retry
+from ecomtl.serve.deployments import load_tokenizer, read_spec, replica_died, with_retry
 from ecomtl.serve.schemas import (ErrorResponse, PredictRequest, PredictResponse, TaskRequest, TaskResponse,
                                   TasksResponse, task_infos)
 from ecomtl.tasks import TASK_HEADS
@@ -123,8 +123,6 @@ class Ingress:
         try:
             return await self.heads[task].apply.remote(shared, feats)
         except Exception as err:
-            from ray.exceptions import RayActorError
-
-            if not isinstance(err, RayActorError) and not isinstance(getattr(err, "cause", None), RayActorError):
+            if not replica_died(err):
                 raise
             return await with_retry(lambda: self.heads[task].apply.remote(self.encoder.remote(feats, need_hidden), feats))
