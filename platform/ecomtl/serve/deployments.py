@@ -129,6 +129,7 @@ class Head:
         # naive layout: no shared encoder, a private full copy in this replica
         self.encoder = encoder
         self.local = load_encoder_runner(bundle, spec, torch_threads) if encoder is None else None
+        self.forward_lock = asyncio.Lock()  # naive: one forward at a time, tokenising may overlap
         configure_batching(self.predict_batch, batching)
 
     async def predict(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
@@ -139,7 +140,8 @@ class Head:
     async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
         feats = self.pre.features(self.source, [x for items in calls for x in items])
         if self.local is not None:
-            enc = await asyncio.to_thread(self.local.encode, feats, self.need_hidden)
+            async with self.forward_lock:
+                enc = await asyncio.to_thread(self.local.encode, feats, self.need_hidden)
         else:
             enc = await with_retry(lambda: self.encoder.remote(feats, self.need_hidden))
         preds = self.heads.predict(self.task, enc, feats)
