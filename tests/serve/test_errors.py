@@ -18,7 +18,7 @@ def raw(base, path, data: bytes, content_type="application/json"):
 CASES = [
     # (path, body bytes, status, error code, words the message must contain)
     ("/v1/tasks/rating", b'{"inputs": ["ok",', 400, "malformed_json", ["not valid JSON"]),
-    ("/v1/tasks/rating", b"", 400, "malformed_json", ["not valid JSON"]),
+    ("/v1/tasks/rating", b"", 422, "invalid_request", ["body"]),
     ("/v1/tasks/rating", b'{"inputs": "caf\xe9"}', 400, "invalid_utf8", ["not UTF-8"]),
     ("/v1/tasks/rating", b"{}", 422, "invalid_request", ["inputs"]),
     ("/v1/tasks/rating", b'{"inputs": 5}', 422, "invalid_request", ["inputs"]),

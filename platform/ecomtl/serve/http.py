@@ -12,10 +12,11 @@ A 500 would be a bug: it still answers JSON, and the replica keeps serving.
 import asyncio
 import logging
 
-from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi import FastAPI, Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException  # FastAPI's subclasses it; routing raises this one
 from starlette.requests import Request
 
 from ecomtl.model.predictor import InputError, Limits, Preprocessor
