@@ -213,13 +213,13 @@ class HeadRunner:
     @torch.inference_mode()
     def predict(self, task: str, enc: Encoded, feats: Features) -> list[dict]:
         head = self.heads[task]
-        pooled = torch.from_numpy(enc.pooled)
+        pooled = torch.tensor(enc.pooled)  # a copy: arrays from Ray's object store are read-only
         hidden = None
         if head.level == "token":
             width = max(len(h) for h in enc.hidden)
             hidden = torch.zeros((len(enc.hidden), width, pooled.shape[-1]))
             for i, h in enumerate(enc.hidden):
-                hidden[i, : len(h)] = torch.from_numpy(h)
+                hidden[i, : len(h)] = torch.tensor(h)
         preds = head.predict(head(pooled, hidden), word_ids=feats.word_ids, words=feats.words, texts=feats.texts)
         names = head.label_info.get("names")
         for p, cut in zip(preds, feats.truncated):
