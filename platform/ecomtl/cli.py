@@ -5,6 +5,7 @@ functions as the ``jobs/`` scripts.
     ecomtl evaluate BUNDLE [--data-root DIR] [--split SPLIT]
     ecomtl export CHECKPOINT_DIR OUT
     ecomtl baseline jobs/configs/demo.yaml [--out JSON]   # TF-IDF + logistic regression per head
+    ecomtl serve BUNDLE [--port 8000] [--layout shared|naive]   # HTTP API on Ray Serve
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from pydantic import ValidationError
+
+    from ecomtl.model.bundle import BundleError
+    from ecomtl.serve.app import serve_bundle
+
+    try:
+        serve_bundle({"bundle": args.bundle, "layout": args.layout}, host=args.host, port=args.port)
+    except (BundleError, ValidationError, ValueError) as err:
+        print(f"ecomtl serve: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecomtl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*")
     b.add_argument("--out", help="also write the metrics as JSON here")
     b.set_defaults(fn=cmd_baseline)
+
+    s = sub.add_parser("serve", help="serve a bundle over HTTP on Ray Serve (default args; "
+                                     "serve_configs/*.yaml for autoscaling and limits)")
+    s.add_argument("bundle")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--layout", choices=["shared", "naive"], default="shared")
+    s.set_defaults(fn=cmd_serve)
     return p
 
 

@@ -1,0 +1,156 @@
+"""The Serve deployments and how work is split between them.
+
+    HTTP → Ingress (FastAPI: validation, routing, /v1/predict tokenises once per source)
+             │ POST /v1/tasks/{task}                │ POST /v1/predict
+             ▼                                      ▼
+           Head[task]  (one deployment per task: its own autoscaling; @serve.batch over
+             │          requests; tokenises; holds only its head's weights)
+             ▼
+           Encoder     (one shared deployment: @serve.batch merges the calls of every head
+                        and of /v1/predict into one forward pass)
+
+Why this split: the encoder is nearly all the compute and all the memory, so it lives once
+per replica and is shared by every task; what differs per task (tokenising, the head,
+post-processing, waiting on the encoder) scales with that task's own traffic. Under
+``layout: naive`` each Head holds a full encoder instead (the baseline the benchmark
+compares against).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable, Optional, TypeVar
+
+from ray import serve
+
+from ecomtl.model.predictor import (EncoderRunner, Features, HeadRunner, Limits, Preprocessor, heads_from_bundle)
+from ecomtl.serve.schemas import Batching
+
+log = logging.getLogger("ray.serve")
+T = TypeVar("T")
+RETRIES = 3  # a replica that dies mid-request (scale-down, crash) costs a retry, not an error
+
+
+def read_spec(bundle: str | Path) -> dict:
+    return json.loads((Path(bundle).expanduser() / "tasks.json").read_text())
+
+
+def load_tokenizer(bundle: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(bundle).expanduser() / "encoder")
+
+
+def load_encoder_runner(bundle: str | Path, spec: dict, torch_threads: Optional[int]) -> EncoderRunner:
+    import torch
+    from transformers import AutoModel
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    encoder = AutoModel.from_pretrained(Path(bundle).expanduser() / "encoder", use_safetensors=True)
+    return EncoderRunner(encoder, spec["pooling"])
+
+
+def replica_died(err: BaseException) -> bool:
+    """A replica (this call's, or one it called in turn) died under the request."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(err, RayActorError) or isinstance(getattr(err, "cause", None), RayActorError)
+
+
+async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
+    """Predictions are pure functions of the input, so re-sending one whose replica died
+    is safe; Serve routes the retry to a live replica (or holds it until a replacement
+    is up)."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return await call()
+        except Exception as err:
+            if attempt == RETRIES or not replica_died(err):
+                raise
+            log.warning("replica died mid-request; retrying (%d/%d): %s", attempt + 1, RETRIES, type(err).__name__)
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def encoder_rows(calls: list) -> int:
+    return sum(len(feats.input_ids) for feats, _ in calls)
+
+
+def item_rows(calls: list) -> int:
+    return sum(len(items) for items in calls)
+
+
+def configure_batching(method, batching: Batching) -> None:
+    method.set_max_batch_size(batching.max_batch_size)
+    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+@serve.deployment
+class Encoder:
+    """The shared encoder. One call = one tokenised sub-batch; ``@serve.batch`` merges
+    concurrent calls (from any head, any source) into a single forward pass."""
+
+    def __init__(self, bundle: str, batching: Batching, torch_threads: Optional[int] = None):
+        self.runner = load_encoder_runner(bundle, read_spec(bundle), torch_threads)
+        configure_batching(self.encode, batching)
+
+    async def __call__(self, feats: Features, need_hidden: bool):
+        return await self.encode((feats, need_hidden))
+
+    # Batches count texts (rows), not calls: one 32-text request weighs 32 single-text
+    # ones. Limits are reset from the args in __init__.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=encoder_rows)
+    async def encode(self, calls: list[tuple[Features, bool]]):
+        merged = Features.concat([f for f, _ in calls])
+        # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
+        enc = await asyncio.to_thread(self.runner.encode, merged, any(h for _, h in calls))
+        out, start = [], 0
+        for feats, _ in calls:
+            out.append(enc.rows(start, start + len(feats.input_ids)))
+            start += len(feats.input_ids)
+        return out
+
+
+@serve.deployment
+class Head:
+    """One task. ``predict``: raw (validated) items → predictions, batched across requests;
+    ``apply``: an encoding computed elsewhere (``/v1/predict``) → predictions."""
+
+    def __init__(self, bundle: str, task: str, encoder, batching: Batching, torch_threads: Optional[int] = None):
+        spec = read_spec(bundle)
+        self.task, self.source = task, spec["tasks"][task]["source"]
+        self.pre = Preprocessor(load_tokenizer(bundle), spec)
+        self.heads = HeadRunner(heads_from_bundle(bundle, spec, [task]))
+        self.need_hidden = self.heads.needs_hidden([task])
+        # naive layout: no shared encoder, a private full copy in this replica
+        self.encoder = encoder
+        self.local = load_encoder_runner(bundle, spec, torch_threads) if encoder is None else None
+        self.forward_lock = asyncio.Lock()  # naive: one forward at a time, tokenising may overlap
+        configure_batching(self.predict_batch, batching)
+
+    async def predict(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
+        return await self.predict_batch(items)
+
+    # Two batches in flight: one waits on the encoder while the next is tokenised.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
+    async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
+        feats = self.pre.features(self.source, [x for items in calls for x in items])
+        if self.local is not None:
+            async with self.forward_lock:
+                enc = await asyncio.to_thread(self.local.encode, feats, self.need_hidden)
+        else:
+            enc = await with_retry(lambda: self.encoder.remote(feats, self.need_hidden))
+        preds = self.heads.predict(self.task, enc, feats)
+        out, start = [], 0
+        for items in calls:
+            out.append(preds[start:start + len(items)])
+            start += len(items)
+        return out
+
+    async def apply(self, enc, feats: Features) -> list[dict]:
+        return self.heads.predict(self.task, enc, feats)
+

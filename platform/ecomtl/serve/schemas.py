@@ -1,0 +1,182 @@
+"""HTTP request/response models and the typed arguments of the Serve app builder.
+
+Limits policy (see serve_configs/README.md):
+- more than ``max_items`` inputs in one request → 413 ``too_many_items``;
+- a text over ``max_text_chars`` characters → 413 ``text_too_long`` (refused, not cut:
+  a caller that sends a whole page should learn it rather than get a silent answer);
+- a text longer than the source's token ``max_length`` is truncated exactly as in
+  training, and its prediction carries ``"truncated": true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ecomtl.model.predictor import DEFAULT_MAX_ITEMS, DEFAULT_MAX_TEXT_CHARS, Limits
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests and responses --------------------------------------------------------------
+class Item(Strict):
+    text: str = Field(description="the text (for matching: the first offer)")
+    text_pair: Optional[str] = Field(None, description="the second offer, for pair (matching) tasks only")
+
+
+Inputs = Union[str, Item, list[Union[str, Item]]]
+
+
+class TaskRequest(Strict):
+    inputs: Inputs = Field(description="one input or a list: a string, or {text, text_pair}")
+
+    def items(self) -> list[tuple[str, Optional[str]]]:
+        raw = self.inputs if isinstance(self.inputs, list) else [self.inputs]
+        return [(x, None) if isinstance(x, str) else (x.text, x.text_pair) for x in raw]
+
+
+class PredictRequest(TaskRequest):
+    tasks: list[str] = Field(min_length=1, description="task names; the encoder runs once per source")
+
+
+class TaskResponse(BaseModel):
+    task: str
+    predictions: list[dict[str, Any]]
+
+
+class PredictResponse(BaseModel):
+    predictions: dict[str, list[dict[str, Any]]]
+
+
+class TaskInfo(BaseModel):
+    name: str
+    head: str
+    input: Literal["text", "pair", "tokens"]
+    input_fields: list[str]
+    labels: Optional[list[str]] = None
+    max_tokens: int
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskInfo]
+    max_items: int
+    max_text_chars: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Optional[list[dict[str, Any]]] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def task_infos(spec: dict) -> list[TaskInfo]:
+    out = []
+    for name, t in spec["tasks"].items():
+        src = spec["sources"][t["source"]]
+        fields = ["text", "text_pair"] if src["kind"] == "pair" else ["text"]
+        labels = t["labels"].get("types") if t["head"] == "tagging" else t["labels"].get("names")
+        out.append(TaskInfo(name=name, head=t["head"], input=src["kind"], input_fields=fields, labels=labels,
+                            max_tokens=src["max_length"]))
+    return out
+
+
+# -- app builder arguments --------------------------------------------------------------------
+ACTOR_OPTIONS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"}
+
+
+class Batching(Strict):
+    """``@serve.batch`` limits: texts (rows, not requests) merged into one forward pass,
+    and how long the first waits for more."""
+
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+
+
+class DeploymentArgs(Strict):
+    autoscaling_config: dict[str, Any] = Field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 1})
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    batching: Batching = Batching()
+    max_ongoing_requests: Optional[int] = Field(
+        None, ge=1, description="default 2 × max_batch_size: one batch runs while the next fills")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _autoscaling(cls, v):
+        from ray.serve.config import AutoscalingConfig
+
+        AutoscalingConfig(**v)  # Serve's own checks, now rather than at deploy time
+        return v
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _actor(cls, v):
+        unknown = set(v) - ACTOR_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown ray_actor_options {sorted(unknown)}; known: {sorted(ACTOR_OPTIONS)}")
+        return v
+
+    def serve_options(self) -> dict:
+        return {
+            "autoscaling_config": self.autoscaling_config,
+            "ray_actor_options": self.ray_actor_options,
+            "max_ongoing_requests": self.max_ongoing_requests or 2 * self.batching.max_batch_size,
+        }
+
+
+class DeploymentOverride(Strict):
+    """Per-task settings; what is given replaces the ``heads`` defaults."""
+
+    autoscaling_config: Optional[dict[str, Any]] = None
+    ray_actor_options: Optional[dict[str, Any]] = None
+    batching: Optional[Batching] = None
+    max_ongoing_requests: Optional[int] = Field(None, ge=1)
+    torch_threads: Optional[int] = Field(None, ge=1)
+
+
+class AppArgs(Strict):
+    """Arguments of ``ecomtl.serve.app:build_app`` (the ``args:`` of a Serve YAML)."""
+
+    bundle: str = Field(description="model bundle directory (from `ecomtl train` / `ecomtl export`)")
+    layout: Literal["shared", "naive"] = Field(
+        "shared", description="shared: one encoder deployment + light per-task heads; "
+                             "naive: every task deployment holds the full model (baseline)")
+    max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=4096,
+                           description="inputs per request; at most every batching.max_batch_size")
+    max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=1)
+    ingress: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
+    encoder: DeploymentArgs = DeploymentArgs()
+    heads: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
+    tasks: dict[str, DeploymentOverride] = Field(default_factory=dict, description="per-task overrides")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_items, self.max_text_chars)
+
+    def head_args(self, task: str) -> DeploymentArgs:
+        override = self.tasks.get(task)
+        if override is None:
+            return self.heads
+        return DeploymentArgs.model_validate({**self.heads.model_dump(), **override.model_dump(exclude_unset=True)})
+
+    @model_validator(mode="after")
+    def _overrides_valid(self):
+        for task in self.tasks:  # validate the merged settings now, not at deploy time
+            try:
+                self.head_args(task)
+            except ValueError as err:
+                raise ValueError(f"tasks.{task}: {err}") from None
+        # a request is never split across forward passes: the largest must fit one batch
+        parts = {"encoder": self.encoder, "heads": self.heads, **{f"tasks.{t}": self.head_args(t) for t in self.tasks}}
+        for name, part in parts.items():
+            if part.batching.max_batch_size < self.max_items:
+                raise ValueError(f"{name}.batching.max_batch_size ({part.batching.max_batch_size}) is below "
+                                 f"max_items ({self.max_items}): a full request would not fit one batch")
+        return self
