@@ -76,21 +76,35 @@ def trial_rows(grid, cfg: ExperimentConfig, section: TuneSection, sweep_dir: str
 
 
 def _overhead(timing: Optional[dict], df) -> dict:
-    """Start-up: from the trial driver starting to its first report, less one
-    report interval of steady training (the median gap between later reports).
-    Tear-down: from the last report to the driver's fit() returning."""
-    if not timing or "reported_at" not in df or not timing["start"]:
+    """Where a trial's wall time went, from the trial driver's start/end marks and the
+    loop's ``timing/`` marks in each report (all wall clock, seconds):
+
+    - ``startup_s``: driver start → first training step (Train worker group, process
+      group, model load, DeepSpeed init);
+    - ``eval_s`` / ``report_s``: periodic evaluation / checkpoint write + persist +
+      hand-off to Tune, summed over the trial's reports;
+    - ``teardown_s``: last report → the driver's ``fit()`` returning (absent for a trial
+      that ASHA stopped: Tune ends it at once);
+    - ``train_s``: the training steps themselves; ``overhead_s`` = wall − train.
+    """
+    cols = ("reported_at", "timing/loop_start", "timing/train_s", "timing/eval_s", "timing/report_start")
+    if not timing or not timing["start"] or any(c not in df for c in cols):
         return {}
-    reported = sorted(df["reported_at"].dropna())
-    start = timing["start"][-1]  # a restarted trial: its last start
-    reported = [t for t in reported if t >= start]
-    out = {"trial_wall_s": (timing["end"][-1] - start) if timing["end"] and timing["end"][-1] > start else None}
-    if len(reported) >= 2:
-        gap = statistics.median(b - a for a, b in zip(reported, reported[1:]))
-        out["startup_s"] = reported[0] - start - gap
-        out["interval_s"] = gap
-    if out["trial_wall_s"] is not None and reported:
-        out["teardown_s"] = timing["end"][-1] - reported[-1]
+    start = timing["start"][-1]  # a restored trial: its last start
+    df = df[df["reported_at"] >= start]
+    if df.empty:
+        return {}
+    end = timing["end"][-1] if timing["end"] and timing["end"][-1] > start else None
+    last = float(df["reported_at"].max())
+    wall = (end or last) - start
+    train = float(df["timing/train_s"].max())
+    out = {"trial_wall_s": wall, "train_s": train,
+           "startup_s": float(df["timing/loop_start"].min()) - start,
+           "eval_s": float(df["timing/eval_s"].sum()),
+           "report_s": float((df["reported_at"] - df["timing/report_start"]).sum()),
+           "overhead_s": wall - train}
+    if end is not None:
+        out["teardown_s"] = end - last
     return out
 
 
@@ -114,9 +128,12 @@ def mark_pareto(rows: list[dict], tasks: list[str]) -> list[dict]:
 
 
 def add_single_task_deltas(rows: list[dict], single_rows: list[dict]) -> None:
-    """Multi-task minus single-task score, per head: > 0 means sharing helped it."""
+    """Multi-task minus single-task score, per head: > 0 means sharing helped it. Only
+    for trials that ran their whole budget: the single-task runs match that compute."""
     single = {r["params"][SINGLE_TASK]: r for r in single_rows if r.get(AGGREGATE) is not None}
     for r in rows:
+        if r.get("status") != "completed":
+            continue
         for t, s in single.items():
             if r.get(f"{t}/score") is not None:
                 r[f"{t}/delta_vs_single"] = r[f"{t}/score"] - s[f"{t}/score"]
@@ -185,13 +202,17 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
     return outcome
 
 
+OVERHEAD_KEYS = ("trial_wall_s", "train_s", "startup_s", "eval_s", "report_s", "teardown_s", "overhead_s")
+
+
 def _fmt_overhead(rows: list[dict]) -> str:
     parts = []
-    for key in ("startup_s", "teardown_s", "interval_s", "trial_wall_s"):
+    for key in OVERHEAD_KEYS:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
-            parts.append(f"{key} median {statistics.median(vals):.1f} (n={len(vals)})")
-    return "; ".join(parts) or "no timings"
+            parts.append(f"{key[:-2]} {statistics.median(vals):.1f}")
+    n = sum(1 for r in rows if r.get("trial_wall_s") is not None)
+    return (f"median over {n} trials (s): " + ", ".join(parts)) if parts else "no timings"
 
 
 def summary(o: SweepOutcome, tasks: list[str]) -> str:
@@ -222,6 +243,6 @@ def summary(o: SweepOutcome, tasks: list[str]) -> str:
         trade = tradeoffs(o.front, [f"{t}/score" for t in tasks])
         lines.append("Pareto front: " + "; ".join(
             f"{tid} best at {', '.join(m.split('/')[0] for m in ms) or '-'}" for tid, ms in trade.items()))
-    lines.append(f"per-trial overhead outside training (s): {_fmt_overhead(rows)}")
+    lines.append(f"per-trial time outside the training steps, {_fmt_overhead(rows)}")
     lines += [f"{k}: {v}" for k, v in o.files.items()]
     return "\n".join(lines)

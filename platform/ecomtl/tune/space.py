@@ -6,9 +6,10 @@ search space.
       num_samples: 12
       max_concurrent: auto          # or an int; always capped by what the cluster can hold
       seed: 0                       # Optuna TPE seed
+      startup_trials: 4             # random trials before TPE takes over
       include_default: true         # run the config as written as trial 0 (the baseline)
       single_task: false            # single-task runs of each head at the compute it got
-      asha: {grace_steps: 50, reduction_factor: 2}     # null: no early stopping
+      asha: {grace_steps: 50, reduction_factor: 2}     # null: no early stopping; grace default: eval_every
       space:
         weights: {dist: loguniform, low: 0.25, high: 4.0}   # every task's loss weight
         # weights: {dist: simplex}                          # or a normalised weight vector
@@ -84,7 +85,8 @@ class Dist(_Strict):
 
 
 class AshaConfig(_Strict):
-    grace_steps: int = Field(50, ge=1, description="optimizer steps before a trial can be stopped")
+    grace_steps: Optional[int] = Field(None, ge=1, description="optimizer steps before a trial can be stopped "
+                                       "(default: training.eval_every, the first evaluation)")
     reduction_factor: float = Field(2.0, gt=1)
 
 
@@ -93,7 +95,10 @@ class TuneSection(_Strict):
     num_samples: int = Field(8, ge=1)
     max_concurrent: Union[int, Literal["auto"]] = "auto"
     seed: int = 0
-    trial_cpus: float = Field(0.1, ge=0, description="CPUs of each trial's driver (its Train workers ask for their own)")
+    startup_trials: int = Field(4, ge=1, description="random trials before TPE models the results (Optuna's default "
+                                "is 10: too many for a sweep of ten)")
+    trial_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver function, which only "
+                              "waits on its Train run (whose workers reserve their own CPUs/GPUs)")
     include_default: bool = Field(True, description="trial 0 = the config as written (the baseline)")
     single_task: bool = False
     final_eval: bool = Field(True, description="score the best (and default) bundle on the whole validation split")
@@ -132,9 +137,13 @@ def parse_tune_section(cfg: ExperimentConfig) -> TuneSection:
                 raise ConfigError(f"tune.space.{key}: value {value!r} is not valid here:\n{err}") from None
     if WEIGHTS in section.space and any(k.startswith("tasks.") and k.endswith(".weight") for k in section.space):
         raise ConfigError("tune.space: give either 'weights' or per-task 'tasks.<name>.weight', not both")
-    if section.asha and section.asha.grace_steps > cfg.training.steps:
-        raise ConfigError(f"tune.asha.grace_steps ({section.asha.grace_steps}) exceeds training.steps "
-                          f"({cfg.training.steps})")
+    if section.asha:
+        if section.asha.grace_steps is None:
+            section.asha.grace_steps = cfg.training.eval_every
+        if section.asha.grace_steps >= cfg.training.steps:
+            raise ConfigError(f"tune.asha.grace_steps ({section.asha.grace_steps}) must be below training.steps "
+                              f"({cfg.training.steps}): ASHA can only stop a trial at an evaluation before its "
+                              "last step (or set tune.asha: null)")
     return section
 
 

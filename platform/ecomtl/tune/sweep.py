@@ -70,7 +70,9 @@ def _trainable(base: ExperimentConfig, refs: dict, sizes: dict, sweep_dir: str, 
 
     fn = tune.with_parameters(run_trial, base=base.model_dump(mode="json"), refs=refs, sizes=sizes,
                               sweep_dir=sweep_dir)
-    return tune.with_resources(fn, {"cpu": cpus})
+    # Tune refuses an all-zero request; a token of memory keeps a CPU-less driver legal
+    # (on 2 cores, a trial's single 2-CPU worker must not wait on its own driver's 0.1 CPU).
+    return tune.with_resources(fn, {"cpu": cpus} if cpus > 0 else {"cpu": 0, "memory": 1 << 20})
 
 
 def _run_config(name: str, storage: str):
@@ -89,18 +91,24 @@ def _search_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
     space = param_space(cfg, section)
     metrics, modes = objectives(cfg, section)
     single = section.mode == "single"
+    import optuna
+
     search = OptunaSearch(
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
-        seed=section.seed,
+        sampler=optuna.samplers.TPESampler(seed=section.seed, n_startup_trials=section.startup_trials),
         points_to_evaluate=[default_point(cfg, space)] if section.include_default else None,
     )
     scheduler = FIFOScheduler()
     if section.asha:
         # Multi-objective Optuna still needs one scalar to stop trials on: the aggregate.
-        scheduler = ASHAScheduler(time_attr="step", metric=AGGREGATE, mode="max", max_t=cfg.training.steps,
+        # Rungs strictly below the last step (max_t = steps - 1) and stop_last_trials off:
+        # a trial that reaches its last step finishes by itself (its teardown is measured)
+        # instead of being killed by the scheduler at the final report.
+        scheduler = ASHAScheduler(time_attr="step", metric=AGGREGATE, mode="max",
+                                  max_t=max(cfg.training.steps - 1, section.asha.grace_steps),
                                   grace_period=section.asha.grace_steps,
-                                  reduction_factor=section.asha.reduction_factor)
+                                  reduction_factor=section.asha.reduction_factor, stop_last_trials=False)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -124,6 +132,34 @@ def _single_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=_run_config(name, storage),
     )
+
+
+SWEEP_CONFIG = "sweep_config.yaml"
+# may change between a sweep and its resumption (they only add work after the search)
+_RESUMABLE_CHANGES = ("single_task", "final_eval")
+
+
+def _check_same_sweep(cfg: ExperimentConfig, sweep_dir: str) -> None:
+    """Re-running a sweep's command resumes it; re-running it with a different config
+    would silently mix two experiments under one name, so that fails instead."""
+    import yaml
+
+    from ecomtl.config.load import ConfigError, dump_config
+
+    def comparable(data: dict) -> dict:
+        data = dict(data, tune={k: v for k, v in (data.get("tune") or {}).items() if k not in _RESUMABLE_CHANGES})
+        return data
+
+    path = Path(sweep_dir, SWEEP_CONFIG)
+    text = dump_config(cfg)
+    if path.is_file():
+        old, new = comparable(yaml.safe_load(path.read_text())), comparable(yaml.safe_load(text))
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"sweep folder {sweep_dir} holds a sweep with a different config (sections differing: "
+                              f"{', '.join(diff)}); resume it unchanged, or pick another --name")
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _fit(make_tuner: Callable, trainable, path: str, log):
@@ -156,7 +192,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     storage = storage_path(cfg)
     sweep_dir = f"{storage}/{name}"
     if "://" not in sweep_dir:
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        _check_same_sweep(cfg, sweep_dir)
     init_ray()
     log(f"[ecomtl] sweep {name}: {section.num_samples} trials, mode {section.mode}, "
         f"{max_concurrent(cfg, section)} at a time, each {trial_resources(cfg, section)}; data from {root}")
@@ -175,7 +211,8 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     if section.single_task:
         from ecomtl.tune.report import best_row, trial_config
 
-        best_cfg = trial_config(cfg, best_row(rows))
+        # equal compute: the single-task runs match the best trial that ran its whole budget
+        best_cfg = trial_config(cfg, best_row([r for r in rows if r["status"] == "completed"] or rows))
         by_source = best_cfg.task_names_by_source()
         refs["single"] = {s: ray.put(source_subset(data, s, tasks)) for s, tasks in by_source.items()}
         st_trainable = _trainable(best_cfg, refs, sizes, f"{storage}/{name}{SINGLE_SUFFIX}", section.trial_cpus)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -38,23 +39,28 @@ class TimedTuneReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
-def source_steps(cfg: ExperimentConfig, sizes: dict[str, int]) -> dict[str, float]:
-    """Expected optimizer steps each source gets in the multi-task run: the sampler's
-    probability of drawing it × steps (every head of a source trains on each of its steps)."""
-    probs = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature).probabilities()
-    return {s: p * cfg.training.steps for s, p in probs.items()}
+def source_steps(cfg: ExperimentConfig, sizes: dict[str, int]) -> dict[str, int]:
+    """Optimizer steps' worth of batches each source got in the multi-task run, counted
+    from the sampler's actual draws (a pure function of the seed): every head of a source
+    trains on each batch drawn from it."""
+    sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
+                            cfg.sampling.weights)
+    micro = cfg.training.steps * cfg.training.grad_accum
+    drawn = Counter(sampler.source_at(i) for i in range(micro))
+    return {s: round(drawn[s] / cfg.training.grad_accum) for s in sizes}
 
 
 def single_task_config(cfg: ExperimentConfig, task: str, sizes: dict[str, int]) -> ExperimentConfig:
     """``task`` alone, on its source only, for the steps its source got in ``cfg``
-    (equal compute), with evaluations as often relative to its own length."""
+    (equal compute per head), evaluated as often relative to its own length."""
     source = cfg.tasks[task].source
-    frac = source_steps(cfg, sizes)[source] / cfg.training.steps
-    steps = max(1, round(cfg.training.steps * frac))
+    steps = max(1, source_steps(cfg, sizes)[source])
+    frac = steps / cfg.training.steps
     data = cfg.model_dump(mode="json")
     data["name"] = f"{cfg.name}-single-{task}"
     data["tasks"] = {task: data["tasks"][task] | {"weight": 1.0}}
     data["sources"] = {source: data["sources"][source]}
+    data["sampling"] |= {"weights": None}
     data["training"] |= {"steps": steps, "eval_every": max(1, min(steps, round(cfg.training.eval_every * frac)))}
     data["tune"] = None
     return ExperimentConfig.model_validate(data)
@@ -96,8 +102,10 @@ def run_trial(params: dict, *, base: dict, refs: dict[str, Any], sizes: dict[str
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
         update={"storage_path": f"{sweep_dir}/{RUNS_DIR}", "bundle_dir": None})})
     trainer = build_trainer(cfg, data_ref, run_name=trial_id, callbacks=[TimedTuneReportCallback()])
-    result = trainer.fit()
-    _log_timing(sweep_dir, trial_id, "end")
+    try:
+        result = trainer.fit()
+    finally:
+        _log_timing(sweep_dir, trial_id, "end")
     if result.error:
         raise result.error
 
