@@ -16,6 +16,7 @@ run's last checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,9 @@ def _fit(make_tuner: Callable, trainable, path: str, log):
     """Resume the experiment at ``path`` when there is one, else start it."""
     from ray import tune
 
+    # Tune saves its experiment state every ~10 s by default ("auto"): a driver killed
+    # within that window after a trial finished would run the trial again on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if tune.Tuner.can_restore(path):
         log(f"[ecomtl] resuming the sweep at {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
