@@ -8,6 +8,7 @@ search space.
       seed: 0                       # Optuna TPE seed
       startup_trials: 4             # random trials before TPE takes over
       include_default: true         # run the config as written as trial 0 (the baseline)
+      time_budget_min: 25           # optional: no new trials after this, the running one stops
       single_task: false            # single-task runs of each head at the compute it got
       asha: {grace_steps: 50, reduction_factor: 2}     # null: no early stopping; grace default: eval_every
       space:
@@ -99,6 +100,8 @@ class TuneSection(_Strict):
                                 "is 10: too many for a sweep of ten)")
     trial_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver function, which only "
                               "waits on its Train run (whose workers reserve their own CPUs/GPUs)")
+    time_budget_min: Optional[float] = Field(None, gt=0, description="stop the search after this many minutes "
+                                             "(the trial then running ends at its last report)")
     include_default: bool = Field(True, description="trial 0 = the config as written (the baseline)")
     single_task: bool = False
     final_eval: bool = Field(True, description="score the best (and default) bundle on the whole validation split")

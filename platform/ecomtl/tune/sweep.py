@@ -117,6 +117,7 @@ def _search_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
             search_alg=ConcurrencyLimiter(search, max_concurrent=max_concurrent(cfg, section)),
             scheduler=scheduler,
             num_samples=section.num_samples,
+            time_budget_s=section.time_budget_min * 60 if section.time_budget_min else None,
             trial_dirname_creator=lambda t: t.trial_id,  # params would make very long names
         ),
         run_config=_run_config(name, storage),
