@@ -215,15 +215,21 @@ def _fmt_overhead(rows: list[dict]) -> str:
     return (f"median over {n} trials (s): " + ", ".join(parts)) if parts else "no timings"
 
 
+def _g(v):
+    """Searched values span decades (a learning rate of 3e-5): 3 significant digits."""
+    return f"{v:.3g}" if isinstance(v, float) else v
+
+
 def summary(o: SweepOutcome, tasks: list[str]) -> str:
     from ecomtl.report import table
 
     rows = o.rows
     params = sorted({k for r in rows for k in r if "." in k and "/" not in k})
+    params += [SINGLE_TASK] if any(SINGLE_TASK in r for r in rows) else []
     weights = [f"w/{t}" for t in tasks]
     head = ["trial", "kind", "status", "step"] + params + weights + [AGGREGATE] + (["pareto"] if o.front else [])
     lines = [table([[r["trial_id"], r["kind"], r["status"], r.get("steps_done", "")]
-                    + [r.get(k, "") for k in params + weights] + [r.get(AGGREGATE) if r.get(AGGREGATE) is not None else ""]
+                    + [_g(r.get(k, "")) for k in params + weights] + [r.get(AGGREGATE) if r.get(AGGREGATE) is not None else ""]
                     + ([r.get("pareto", "")] if o.front else []) for r in rows], head)]
     score_cols = [f"{t}/score" for t in tasks] + [f"{t}/delta_vs_single" for t in tasks
                                                    if any(f"{t}/delta_vs_single" in r for r in rows)]
@@ -238,11 +244,18 @@ def summary(o: SweepOutcome, tasks: list[str]) -> str:
         delta = b[AGGREGATE] - d[AGGREGATE]
         lines.append(f"default config (trial {d['trial_id']}): {AGGREGATE} {d[AGGREGATE]:.4f}"
                      + (f", full validation {d['full_validation_aggregate']:.4f}" if "full_validation_aggregate" in d else "")
-                     + f" | best - default {delta:+.4f}")
+                     + f" | best - default {delta:+.4f}"
+                     + (f" (full validation {b['full_validation_aggregate'] - d['full_validation_aggregate']:+.4f})"
+                        if "full_validation_aggregate" in b and "full_validation_aggregate" in d else ""))
     if o.front:
         trade = tradeoffs(o.front, [f"{t}/score" for t in tasks])
         lines.append("Pareto front: " + "; ".join(
             f"{tid} best at {', '.join(m.split('/')[0] for m in ms) or '-'}" for tid, ms in trade.items()))
+    timed = [r for r in rows if r.get("trial_wall_s") is not None]
+    if timed:
+        lines += ["", "where each trial's time went (s)",
+                  table([[r["trial_id"], r["kind"]] + [f"{r[k]:.1f}" if r.get(k) is not None else "" for k in OVERHEAD_KEYS]
+                         for r in timed], ["trial", "kind"] + [k[:-2] for k in OVERHEAD_KEYS]), ""]
     lines.append(f"per-trial time outside the training steps, {_fmt_overhead(rows)}")
     lines += [f"{k}: {v}" for k, v in o.files.items()]
     return "\n".join(lines)
