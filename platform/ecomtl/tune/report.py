@@ -98,7 +98,7 @@ def _overhead(timing: Optional[dict], df) -> dict:
     last = float(df["reported_at"].max())
     wall = (end or last) - start
     train = float(df["timing/train_s"].max())
-    out = {"trial_wall_s": wall, "train_s": train,
+    out = {"started_at": start, "ended_at": end or last, "trial_wall_s": wall, "train_s": train,
            "startup_s": float(df["timing/loop_start"].min()) - start,
            "eval_s": float(df["timing/eval_s"].sum()),
            "report_s": float((df["reported_at"] - df["timing/report_start"]).sum()),
@@ -106,6 +106,18 @@ def _overhead(timing: Optional[dict], df) -> dict:
     if end is not None:
         out["teardown_s"] = end - last
     return out
+
+
+def scheduling_gaps(rows: list[dict]) -> list[float]:
+    """Seconds from one trial's end to the next one's start while no trial ran (Tune
+    tearing the last one down, then scheduling and starting the next trial's actor)."""
+    spans = sorted((r["started_at"], r["ended_at"]) for r in rows if r.get("started_at") is not None)
+    gaps = []
+    for i in range(1, len(spans)):
+        busy_until = max(end for _, end in spans[:i])
+        if spans[i][0] > busy_until:
+            gaps.append(spans[i][0] - busy_until)
+    return gaps
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -257,5 +269,8 @@ def summary(o: SweepOutcome, tasks: list[str]) -> str:
                   table([[r["trial_id"], r["kind"]] + [f"{r[k]:.1f}" if r.get(k) is not None else "" for k in OVERHEAD_KEYS]
                          for r in timed], ["trial", "kind"] + [k[:-2] for k in OVERHEAD_KEYS]), ""]
     lines.append(f"per-trial time outside the training steps, {_fmt_overhead(rows)}")
+    gaps = scheduling_gaps(rows)
+    if gaps:
+        lines.append(f"between trials (no trial running): median {statistics.median(gaps):.1f} s over {len(gaps)} gaps")
     lines += [f"{k}: {v}" for k, v in o.files.items()]
     return "\n".join(lines)
