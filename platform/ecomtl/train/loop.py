@@ -83,7 +83,8 @@ def train_loop_per_worker(config: dict) -> None:
         cfg.sampling.weights,
     )
     batches = {
-        s: ShardedBatches(len(d), cfg.training.batch_size, rank, world, cfg.training.seed + i, lengths=d.lengths())
+        s: ShardedBatches(len(d), cfg.sources[s].batch_size or cfg.training.batch_size, rank, world,
+                          cfg.training.seed + i, lengths=d.lengths())
         for i, (s, d) in enumerate(train.items())
     }
     label_dtypes = {t: model.heads[t].label_dtype for t in cfg.tasks}
