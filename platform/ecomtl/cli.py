@@ -6,6 +6,7 @@ functions as the ``jobs/`` scripts.
     ecomtl export CHECKPOINT_DIR OUT
     ecomtl baseline jobs/configs/demo.yaml [--out JSON]   # TF-IDF + logistic regression per head
     ecomtl serve BUNDLE [--port 8000] [--layout shared|naive]   # HTTP API on Ray Serve
+    ecomtl tune jobs/configs/demo_sweep.yaml [key=value ...] [--name NAME] [--single-task]
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from ecomtl.tune.space import load_sweep_config
+    from ecomtl.tune.sweep import run_sweep
+
+    extra = ["tune.single_task=true"] if args.single_task else []
+    cfg, section = load_sweep_config(args.config, list(args.overrides) + extra)
+    out = run_sweep(cfg, section, name=args.name)
+    print(f"\nsweep wall {out.wall_s / 60:.1f} min | trials {out.files['table']}")
+    print(f"best bundle: {out.files['bundle']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecomtl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--layout", choices=["shared", "naive"], default="shared")
     s.set_defaults(fn=cmd_serve)
+    u = sub.add_parser("tune", help="Ray Tune + Optuna sweep of task weights, lr, ...; ASHA; best bundle")
+    u.add_argument("config", help="experiment YAML with a 'tune:' section (may name a 'base:' YAML)")
+    u.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tune.num_samples=4")
+    u.add_argument("--name", help="sweep name (default: the config's name); an existing one is resumed")
+    u.add_argument("--single-task", action="store_true",
+                   help="also train each head alone at the compute it got in the best trial")
+    u.set_defaults(fn=cmd_tune)
     return p
 
 

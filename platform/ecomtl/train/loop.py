@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,10 @@ def train_loop_per_worker(config: dict) -> None:
             pairs.update(local)
         return task_metrics(pairs, specs)
 
-    def save_and_report(metrics: dict) -> None:
+    def save_and_report(metrics: dict, timing: dict) -> None:
+        # wall-clock marks (``timing/``, reported but not kept in the bundle): a sweep
+        # measures its per-trial overhead outside the training steps from them
+        timing = timing | {"timing/report_start": time.time()}
         flat = flatten(metrics) | {"step": state["step"]}
         state["history"].append({"kind": "eval", **flat})
         tmp = Path(tempfile.mkdtemp(prefix=f"ecomtl-ckpt-r{rank}-"))
@@ -128,7 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
                     _write_rank0(tmp, rank, engine.module, tokenizer, cfg, data, flat, state)
             else:
                 _write_rank0(tmp, rank, engine.module, tokenizer, cfg, data, flat, state)
-            ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+            ray.train.report(flat | timing, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"step_{state['step']:07d}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +141,9 @@ def train_loop_per_worker(config: dict) -> None:
     accum = cfg.training.grad_accum
     engine.train()
     stopped_early = False
+    loop_start, train_s = time.time(), 0.0
     while state["step"] < cfg.training.steps and not stopped_early:
+        t_step = time.perf_counter()
         step_losses: dict[str, float] = {}
         for _ in range(accum):
             source = sampler.source_at(state["micro"])
@@ -159,6 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress.add({t: v for t, v in step_losses.items() if t in tasks}, len(rows),
                          batch["input_ids"].shape[1], int(batch["attention_mask"].sum()))
         state["step"] += 1
+        train_s += time.perf_counter() - t_step
         step = state["step"]
         if step % cfg.training.log_every == 0 or step == cfg.training.steps:
             text, record = progress.line(step, scheduler.get_last_lr()[0])
@@ -166,6 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 log.info("[ecomtl] %s", text)
         if step % cfg.training.eval_every == 0 or step == cfg.training.steps:
+            t_eval = time.perf_counter()
             metrics = evaluate()
             score = sum(m["score"] for m in metrics.values()) / len(metrics)
             if score > state["best"] + 1e-6:
@@ -179,7 +187,8 @@ def train_loop_per_worker(config: dict) -> None:
                 summary = " ".join(f"{t} {m['score']:.3f}" for t, m in metrics.items())
                 log.info(f"[ecomtl] eval step {step} | {AGGREGATE} {score:.4f} (best {state['best']:.4f}) | {summary}"
                          + (" | early stop" if stopped_early else ""))
-            save_and_report(metrics)
+            save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
+                                      "timing/eval_s": time.perf_counter() - t_eval})
 
 
 def _write_rank0(tmp: Path, rank: int, model, tokenizer, cfg, data: PreparedData, flat: dict, state: dict) -> None:
