@@ -59,4 +59,11 @@ def bundle_metrics(runs: Path, name: str) -> dict:
     return json.loads((runs / name / "bundle" / "metrics.json").read_text())
 
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+@pytest.fixture(scope="session")
+def reference_run(cluster, runs_dir, data_root):
+    """The uninterrupted training job (also the reference for the recovery test)."""
+    name = "reference"
+    r = cluster.ray("job", "submit", "--submission-id", "ecomtl-reference", "--working-dir", ".",
+                    "--runtime-env-json", runtime_env_json(data_root), "--", *train_command(runs_dir, name),
+                    check=False, cwd=REPO)
+    return name, r

@@ -180,3 +180,50 @@ class LocalCluster:
                     pass
         self.nodes.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class StreamedJob:
+    """``ray job submit`` (which streams the job's logs and exits with its outcome) in the
+    background, each output line stamped with the time it arrived."""
+
+    def __init__(self, cluster: LocalCluster, args: list[str], cwd: Path):
+        import threading
+
+        self.t0 = time.time()
+        self.lines: list[tuple[float, str]] = []
+        cmd = [RAY_BIN, "job", "submit", "--address", cluster.dashboard_url, *args]
+        self.proc = subprocess.Popen(cmd, env=cluster.env(), cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.time() - self.t0, line.rstrip("\n")))
+
+    def wait_for(self, pattern: str, timeout: float = 600) -> tuple[float, "re.Match"]:
+        import re
+
+        deadline = time.time() + timeout
+        seen = 0
+        while time.time() < deadline:
+            for t, line in self.lines[seen:]:
+                m = re.search(pattern, line)
+                if m:
+                    return t, m
+            seen = len(self.lines)
+            if self.proc.poll() is not None and seen == len(self.lines):
+                self._reader.join(5)
+                if seen == len(self.lines):
+                    break
+            time.sleep(0.2)
+        raise AssertionError(f"never saw {pattern!r}; last lines:\n" + "\n".join(l for _, l in self.lines[-40:]))
+
+    def wait(self, timeout: float = 900) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(10)
+        return rc
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)

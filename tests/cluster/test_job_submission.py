@@ -16,16 +16,6 @@ from conftest import REPO, bundle_metrics, runtime_env_json, train_command
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def reference_run(cluster, runs_dir, data_root):
-    """The uninterrupted training job (also the reference for the recovery test)."""
-    name = "reference"
-    r = cluster.ray("job", "submit", "--submission-id", "ecomtl-reference", "--working-dir", ".",
-                    "--runtime-env-json", runtime_env_json(data_root), "--", *train_command(runs_dir, name),
-                    check=False, cwd=REPO)
-    return name, r
-
-
 def test_train_job_succeeds_streams_logs_and_exports(reference_run, runs_dir):
     name, r = reference_run
     assert r.returncode == 0, r.stdout[-4000:]
