@@ -69,12 +69,12 @@ def eval_rows(split: PreparedSplit, max_rows: Optional[int] = None, seed: int = 
 
 
 def task_metrics(pairs: dict[str, list], specs: dict[str, dict]) -> dict[str, dict]:
-    """``specs[task] = {"head": ..., "labels": ...}`` → per-task metrics plus the
-    aggregate (mean of each task's ``score``)."""
+    """``specs[task] = {"head": ..., "labels": ...}`` → per-task metrics."""
     return {t: TASK_HEADS.get(specs[t]["head"]).metrics(p, specs[t]["labels"]) for t, p in pairs.items()}
 
 
 def aggregate(metrics: dict[str, dict]) -> float:
+    """The model-selection score: the mean of every task's ``score`` (each in [0, 1])."""
     scores = [m["score"] for m in metrics.values()]
     return float(np.mean(scores)) if scores else 0.0
 
@@ -87,12 +87,20 @@ def flatten(metrics: dict[str, dict]) -> dict[str, float]:
 
 
 def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: str = "validation",
-                    batch_size: int = 64, max_rows: Optional[int] = None, device: str = "cpu") -> dict:
-    """Score a bundle on ``{root}/…/{split}`` files laid out like the training data."""
+                    batch_size: int = 64, max_rows: Optional[int] = None, device: str = "cpu",
+                    bf16: Optional[bool] = None) -> dict:
+    """Score a bundle on ``{root}/…/{split}`` files laid out like the training data.
+    ``bf16`` None: bf16 autocast where the hardware runs it natively (metrics move in
+    the 4th decimal at most; pass False for bit-exact fp32)."""
+    from ecomtl.train.deepspeed_config import cpu_supports_bf16
+
     from ecomtl.data.prepare import prepare_data
     from ecomtl.model.bundle import load_bundle
 
     bundle = load_bundle(bundle_path, device=device)
+    if bf16 is None:
+        bf16 = device.startswith("cuda") or cpu_supports_bf16()
+    autocast = torch.bfloat16 if bf16 else None
     cfg = bundle.config
     root = data_root or cfg.resolved_data_root()
     data = prepare_data(cfg, bundle.tokenizer, splits=(split,), label_infos=bundle.label_infos,
@@ -103,7 +111,7 @@ def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: st
         part = data.splits[split][source]
         rows = eval_rows(part, max_rows)
         pairs.update(predict_pairs(bundle.model, part, tasks, rows, batch_size,
-                                   bundle.tokenizer.pad_token_id, device))
+                                   bundle.tokenizer.pad_token_id, device, autocast_dtype=autocast))
     metrics = task_metrics(pairs, specs)
     return {"bundle": str(bundle.path), "data_root": root, "split": split,
             "tasks": metrics, AGGREGATE: aggregate(metrics), "data_report": data.report()[split]}

@@ -86,6 +86,9 @@ class TaskConfig(Strict):
     head: str
     label: str = Field(description="column holding the label")
     weight: float = Field(1.0, gt=0, description="static loss weight")
+    class_balance: Literal["none", "sqrt", "inverse"] = Field(
+        "none", description="classification: weight classes by train frequency^-1/2 or ^-1 (helps macro-F1)"
+    )
 
     @field_validator("head")
     @classmethod
@@ -123,6 +126,17 @@ class SamplingConfig(Strict):
 
     kind: str = "temperature"
     temperature: float = Field(2.0, ge=1.0, description="T=1 proportional, T→∞ uniform")
+    weights: Optional[dict[str, float]] = Field(
+        None, description="per-source multipliers on the sampler's probabilities (e.g. to favour cheap "
+        "short-text sources or starve expensive long ones); renormalised"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, v):
+        if v and any(w <= 0 for w in v.values()):
+            raise ValueError("sampling weights must be > 0")
+        return v
 
     @field_validator("kind")
     @classmethod
@@ -222,12 +236,17 @@ class ExperimentConfig(Strict):
                     f"tasks.{name}.source: unknown source {task.source!r}; known: {', '.join(self.sources)}"
                 )
             head = TASK_HEADS.get(task.head)
+            if task.class_balance != "none" and task.head != "classification":
+                raise ValueError(f"tasks.{name}.class_balance: only classification heads weight classes")
             kind = self.sources[task.source].kind
             if kind not in head.input_kinds:
                 raise ValueError(
                     f"tasks.{name}.head: head {task.head!r} takes {'/'.join(head.input_kinds)} inputs, "
                     f"but source {task.source!r} gives {kind!r}"
                 )
+        unknown = set(self.sampling.weights or {}) - set(self.sources)
+        if unknown:
+            raise ValueError(f"sampling.weights: unknown source(s) {sorted(unknown)}; known: {', '.join(self.sources)}")
         unused = set(self.sources) - {t.source for t in self.tasks.values()}
         if unused:
             raise ValueError(f"sources without any task: {', '.join(sorted(unused))}")

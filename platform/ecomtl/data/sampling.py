@@ -17,16 +17,24 @@ _CHUNK = 4096
 
 
 class SourceSampler:
-    def __init__(self, sizes: dict[str, int], seed: int, temperature: float = 1.0):
+    def __init__(self, sizes: dict[str, int], seed: int, temperature: float = 1.0,
+                 weights: Optional[dict[str, float]] = None):
         if not sizes or min(sizes.values()) <= 0:
             raise ValueError(f"every source needs rows to sample from: {sizes}")
         self.names = list(sizes)
         self.sizes = sizes
         self.seed = seed
         self.temperature = temperature
+        self.weights = weights or {}
+
+    def base_probabilities(self) -> dict[str, float]:
+        raise NotImplementedError
 
     def probabilities(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The base rule's probabilities times the configured per-source weights."""
+        p = {s: v * self.weights.get(s, 1.0) for s, v in self.base_probabilities().items()}
+        total = sum(p.values())
+        return {s: v / total for s, v in p.items()}
 
     def source_at(self, i: int) -> str:
         raise NotImplementedError
@@ -35,7 +43,7 @@ class SourceSampler:
 class _Random(SourceSampler):
     exponent: Optional[float] = None
 
-    def probabilities(self):
+    def base_probabilities(self):
         n = np.array([self.sizes[s] for s in self.names], dtype=np.float64)
         p = n ** self._exponent()
         return dict(zip(self.names, (p / p.sum()).tolist()))
@@ -71,15 +79,21 @@ class TemperatureSampler(_Random):
 
 @SAMPLERS.register("round_robin")
 class RoundRobinSampler(SourceSampler):
-    def probabilities(self):
+    """Sources in turn; weights are ignored (use a random sampler to weight sources)."""
+
+    def base_probabilities(self):
         return {s: 1.0 / len(self.names) for s in self.names}
+
+    def probabilities(self):
+        return self.base_probabilities()
 
     def source_at(self, i):
         return self.names[i % len(self.names)]
 
 
-def build_sampler(kind: str, sizes: dict[str, int], seed: int, temperature: float) -> SourceSampler:
-    return SAMPLERS.get(kind)(sizes, seed=seed, temperature=temperature)
+def build_sampler(kind: str, sizes: dict[str, int], seed: int, temperature: float,
+                  weights: Optional[dict[str, float]] = None) -> SourceSampler:
+    return SAMPLERS.get(kind)(sizes, seed=seed, temperature=temperature, weights=weights)
 
 
 class ShardedBatches:

@@ -19,14 +19,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 class MultiTaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, task_specs: dict[str, dict], pooling: str = "mean",
                  dropout: float = 0.1):
-        """``task_specs[name] = {"head": type name, "labels": label info}``."""
+        """``task_specs[name] = {"head": type name, "labels": label info, "options": {...}}``."""
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict(
             {
-                name: TASK_HEADS.get(spec["head"])(hidden, spec["labels"], dropout)
+                name: TASK_HEADS.get(spec["head"])(hidden, spec["labels"], dropout, **spec.get("options", {}))
                 for name, spec in task_specs.items()
             }
         )

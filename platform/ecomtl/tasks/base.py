@@ -33,7 +33,9 @@ class TaskHead(nn.Module):
     #: what a missing label is stored as
     ignore_value: ClassVar[Any] = IGNORE
 
-    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1):
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, **options):
+        """``options`` are the head's own settings from its task config (e.g.
+        ``class_balance``); heads ignore what they do not use."""
         super().__init__()
         self.label_info = label_info
 

@@ -33,17 +33,29 @@ def _sort_key(name: str):
 class ClassificationHead(TaskHead):
     input_kinds = ("text", "pair")
 
-    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1):
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, class_balance: str = "none",
+                 **options):
         super().__init__(hidden_size, label_info, dropout)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, len(label_info["names"]))
+        weights = None
+        if class_balance != "none":
+            # Rare classes count more, so macro-F1 is not sacrificed to the majority class.
+            counts = torch.tensor(label_info["counts"], dtype=torch.float32).clamp(min=1)
+            weights = counts.pow(-0.5 if class_balance == "sqrt" else -1.0)
+            weights = weights / (weights * counts).sum() * counts.sum()  # mean weight 1 over train
+        self.register_buffer("class_weights", weights, persistent=False)
 
     @classmethod
     def fit_labels(cls, values: list) -> dict:
-        names = sorted({label_key(v) for v in values if not is_missing(v)}, key=_sort_key)
+        keys = [label_key(v) for v in values if not is_missing(v)]
+        names = sorted(set(keys), key=_sort_key)
         if len(names) < 2:
             raise ValueError(f"classification needs at least 2 labels in train, found {names}")
-        return {"names": names}
+        counts = {n: 0 for n in names}
+        for k in keys:
+            counts[k] += 1
+        return {"names": names, "counts": [counts[n] for n in names]}
 
     @classmethod
     def encode_label(cls, value, info) -> tuple[Optional[int], Optional[str]]:
@@ -60,7 +72,8 @@ class ClassificationHead(TaskHead):
 
     def loss(self, logits, labels):
         mask = (labels != IGNORE).float()
-        per_item = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+        per_item = F.cross_entropy(logits.float(), labels.clamp(min=0), weight=self.class_weights,
+                                   reduction="none")
         return guarded_mean(per_item, mask, logits)
 
     def gold_and_pred(self, logits, labels):

@@ -17,7 +17,7 @@ class RegressionHead(TaskHead):
     label_dtype = torch.float32
     ignore_value = float("nan")
 
-    def __init__(self, hidden_size, label_info, dropout=0.1):
+    def __init__(self, hidden_size, label_info, dropout=0.1, **options):
         super().__init__(hidden_size, label_info, dropout)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, 1)

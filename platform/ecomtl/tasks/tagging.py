@@ -21,7 +21,7 @@ class TaggingHead(TaskHead):
     input_kinds = ("tokens",)
     level = "token"
 
-    def __init__(self, hidden_size, label_info, dropout=0.1):
+    def __init__(self, hidden_size, label_info, dropout=0.1, **options):
         super().__init__(hidden_size, label_info, dropout)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, len(label_info["names"]))

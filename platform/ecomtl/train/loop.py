@@ -61,7 +61,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.training.seed)
 
     tokenizer = load_tokenizer(cfg.model)
-    specs = {t: {"head": task.head, "labels": data.label_infos[t]} for t, task in cfg.tasks.items()}
+    specs = {t: {"head": task.head, "labels": data.label_infos[t], "options": {"class_balance": task.class_balance}}
+             for t, task in cfg.tasks.items()}
     model = MultiTaskModel(load_encoder(cfg.model, len(tokenizer)), specs, cfg.model.pooling, cfg.model.dropout)
     optimizer = build_optimizer(model, cfg, on_gpu)
     engine, _, _, scheduler = deepspeed.initialize(
@@ -77,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     train = data.splits["train"]
     by_source = cfg.task_names_by_source()
     sampler = build_sampler(
-        cfg.sampling.kind, {s: len(d) for s, d in train.items()}, cfg.training.seed, cfg.sampling.temperature
+        cfg.sampling.kind, {s: len(d) for s, d in train.items()}, cfg.training.seed, cfg.sampling.temperature,
+        cfg.sampling.weights,
     )
     batches = {
         s: ShardedBatches(len(d), cfg.training.batch_size, rank, world, cfg.training.seed + i, lengths=d.lengths())

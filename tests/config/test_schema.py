@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from ecomtl.config.load import ConfigError, apply_overrides, config_from_dict, load_config, read_yaml
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+
+
+def base() -> dict:
+    return read_yaml(CONFIGS / "tiny.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if "sweep" not in p.name), ids=lambda p: p.name)
+def test_every_shipped_experiment_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.tasks
+
+
+def err(data: dict, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, overrides)
+    return str(info.value)
+
+
+def test_unknown_key_names_the_field():
+    assert "training.stepz" in err(base(), ["training.stepz=3"])
+
+
+def test_bad_value_names_the_field():
+    msg = err(base(), ["optim.lr=-1"])
+    assert "optim.lr" in msg and "greater than 0" in msg
+
+
+def test_unknown_head_lists_known_heads():
+    msg = err(base(), ["tasks.rating.head=ranking"])
+    assert "tasks.rating.head" in msg and "classification" in msg and "tagging" in msg
+
+
+def test_unknown_source_is_named():
+    msg = err(base(), ["tasks.rating.source=nowhere"])
+    assert "tasks.rating.source" in msg and "nowhere" in msg
+
+
+def test_head_and_input_kind_must_fit():
+    msg = err(base(), ["tasks.attributes.head=classification"])
+    assert "tasks.attributes.head" in msg and "tokens" in msg
+
+
+def test_text_xor_tokens():
+    data = base()
+    data["sources"]["queries"]["text"] = ["tokens"]
+    assert "exactly one of 'text'" in err(data)
+
+
+def test_path_needs_split_placeholder():
+    assert "{split}" in err(base(), ["sources.reviews.path=/data/reviews.csv"])
+
+
+def test_zero_stage_range_and_unknown_sampler():
+    assert "distributed.zero_stage" in err(base(), ["distributed.zero_stage=4"])
+    assert "round_robin" in err(base(), ["sampling.kind=zipf"])
+
+
+def test_class_balance_only_for_classification():
+    assert "tasks.stars.class_balance" in err(base(), ["tasks.stars.class_balance=sqrt"])
+
+
+def test_overrides_parse_yaml_types_and_reject_bad_syntax():
+    data = apply_overrides({"a": {"b": 1}}, ["a.b=2.5", "a.c=[1, 2]", "d=null"])
+    assert data == {"a": {"b": 2.5, "c": [1, 2]}, "d": None}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["noequals"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(CONFIGS / "nope.yaml")
+
+
+def test_data_root_env(monkeypatch, tmp_path):
+    from ecomtl.config.schema import resolve_data_root
+
+    monkeypatch.setenv("ECOMTL_DATA_ROOT", str(tmp_path))
+    assert resolve_data_root() == str(tmp_path)
+    assert resolve_data_root("/explicit") == "/explicit"
