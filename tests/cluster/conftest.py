@@ -3,17 +3,18 @@ cluster tests; stopped by pid at the end (see local_cluster.py for why not ``ray
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from local_cluster import LocalCluster
+# pytest runs with --import-mode=importlib (no test dir on sys.path): make the helper
+# module next to this file importable for the tests here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[2]
+from local_cluster import REPO, LocalCluster, runtime_env_json, train_command  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,29 +35,6 @@ def runs_dir():
     d.mkdir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def runtime_env_json(data_root: str) -> str:
-    """What a user passes with ``--runtime-env-json``: the uploaded working dir has no
-    ../shared next to it, so the data root travels as an environment variable."""
-    return json.dumps({"env_vars": {"ECOMTL_DATA_ROOT": data_root}})
-
-
-# The training job the job-submission and recovery tests both run (same seed), so the
-# uninterrupted run doubles as the reference for the interrupted one.
-RECOVERY_STEPS, RECOVERY_EVAL = 18, 6
-RECOVERY_OVERRIDES = [f"training.steps={RECOVERY_STEPS}", f"training.eval_every={RECOVERY_EVAL}",
-                      "training.log_every=1", "training.keep_checkpoints=4", "distributed.num_workers=2",
-                      "distributed.zero_stage=2", "distributed.max_failures=1"]
-
-
-def train_command(runs: Path, name: str, extra: list[str] = ()) -> list[str]:
-    return ["python", "jobs/train.py", "jobs/configs/tiny.yaml", f"output.storage_path={runs}",
-            *RECOVERY_OVERRIDES, *extra, "--resume", name]
-
-
-def bundle_metrics(runs: Path, name: str) -> dict:
-    return json.loads((runs / name / "bundle" / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ nodes and to every ``ray job`` command, which is what a user does with
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ from typing import Optional
 import psutil
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -180,6 +182,30 @@ class LocalCluster:
                     pass
         self.nodes.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# -- the jobs the tests submit -----------------------------------------------------
+def runtime_env_json(data_root: str) -> str:
+    """What a user passes with ``--runtime-env-json``: the uploaded working dir has no
+    ../shared next to it, so the data root travels as an environment variable."""
+    return json.dumps({"env_vars": {"ECOMTL_DATA_ROOT": data_root}})
+
+
+# The training job the job-submission and recovery tests both run (same seed), so the
+# uninterrupted run doubles as the reference for the interrupted one.
+RECOVERY_STEPS, RECOVERY_EVAL = 18, 6
+RECOVERY_OVERRIDES = [f"training.steps={RECOVERY_STEPS}", f"training.eval_every={RECOVERY_EVAL}",
+                      "training.log_every=1", "training.keep_checkpoints=4", "distributed.num_workers=2",
+                      "distributed.zero_stage=2", "distributed.max_failures=1"]
+
+
+def train_command(runs: Path, name: str, extra: list[str] = ()) -> list[str]:
+    return ["python", "jobs/train.py", "jobs/configs/tiny.yaml", f"output.storage_path={runs}",
+            *RECOVERY_OVERRIDES, *extra, "--resume", name]
+
+
+def bundle_metrics(runs: Path, name: str) -> dict:
+    return json.loads((runs / name / "bundle" / "metrics.json").read_text())
 
 
 class StreamedJob:

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from conftest import REPO, bundle_metrics, runtime_env_json, train_command
+from local_cluster import REPO, bundle_metrics, runtime_env_json, train_command
 
 pytestmark = pytest.mark.integration
 

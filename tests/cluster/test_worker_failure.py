@@ -13,8 +13,8 @@ import signal
 import psutil
 import pytest
 
-from conftest import REPO, RECOVERY_EVAL, RECOVERY_STEPS, bundle_metrics, runtime_env_json, train_command
-from local_cluster import StreamedJob
+from local_cluster import (REPO, RECOVERY_EVAL, RECOVERY_STEPS, StreamedJob, bundle_metrics, runtime_env_json,
+                           train_command)
 
 pytestmark = pytest.mark.integration
 STEP_LINE = r"\[ecomtl\] step (\d+)/%d" % RECOVERY_STEPS
