@@ -193,7 +193,7 @@ def runtime_env_json(data_root: str) -> str:
 
 # The training job the job-submission and recovery tests both run (same seed), so the
 # uninterrupted run doubles as the reference for the interrupted one.
-RECOVERY_STEPS, RECOVERY_EVAL = 18, 6
+RECOVERY_STEPS, RECOVERY_EVAL = 30, 10
 RECOVERY_OVERRIDES = [f"training.steps={RECOVERY_STEPS}", f"training.eval_every={RECOVERY_EVAL}",
                       "training.log_every=1", "training.keep_checkpoints=4", "distributed.num_workers=2",
                       "distributed.zero_stage=2", "distributed.max_failures=1"]

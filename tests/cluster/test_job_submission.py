@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from local_cluster import REPO, bundle_metrics, runtime_env_json, train_command
+from local_cluster import REPO, RECOVERY_EVAL, RECOVERY_STEPS, bundle_metrics, runtime_env_json, train_command
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,9 @@ def test_train_job_succeeds_streams_logs_and_exports(reference_run, runs_dir):
     assert r.returncode == 0, r.stdout[-4000:]
     # Logs streamed back to the submitting terminal, from the workers too.
     assert "Job 'ecomtl-reference' succeeded" in r.stdout
-    assert re.search(r"RayTrainWorker pid=\d+\).*\[ecomtl\] step 18/18", r.stdout)
+    assert re.search(r"RayTrainWorker pid=\d+\).*\[ecomtl\] step %d/%d" % (RECOVERY_STEPS, RECOVERY_STEPS), r.stdout)
     metrics = bundle_metrics(runs_dir, name)
-    assert metrics["checkpoint_step"] in (12, 18)
+    assert metrics["checkpoint_step"] in range(RECOVERY_EVAL, RECOVERY_STEPS + 1, RECOVERY_EVAL)
 
 
 def test_evaluate_and_export_jobs(cluster, reference_run, runs_dir, data_root):

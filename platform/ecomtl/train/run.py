@@ -72,9 +72,20 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     cfg = cfg.model_copy(update={"data_root": root})
     init_ray()
     log(f"[ecomtl] run {run_name}: data from {root}")
-    data = prepare_data(cfg, load_tokenizer(cfg.model), root=root)
+    tokenizer = load_tokenizer(cfg.model)
+    datasets = sizes = None
+    if cfg.data.engine == "ray_data":
+        from ecomtl.data.streaming import build_train_datasets, fit_label_infos_streamed
+
+        label_infos = fit_label_infos_streamed(cfg, root)
+        datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, label_infos, root)
+        data = prepare_data(cfg, tokenizer, splits=("validation",), label_infos=label_infos,
+                            max_lengths=max_lengths, root=root)
+        log("[ecomtl] train splits streamed with Ray Data: " + ", ".join(f"{s} {n} rows" for s, n in sizes.items()))
+    else:
+        data = prepare_data(cfg, tokenizer, root=root)
     log(data_report_table(data.report()))
-    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks)
+    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks, datasets=datasets, train_sizes=sizes)
     result = trainer.fit()
     if result.error:
         raise result.error

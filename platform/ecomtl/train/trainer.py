@@ -23,9 +23,14 @@ def resolve_use_gpu(cfg: ExperimentConfig) -> bool:
     return bool(cfg.distributed.use_gpu)
 
 
-def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None):
+def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None, datasets=None,
+                  train_sizes=None):
+    """``datasets`` (``data.engine: ray_data``): the streamed train datasets by name, and
+    ``train_sizes`` their row counts (for the source sampler)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ecomtl.data.streaming import exact_split_config
 
     use_gpu = resolve_use_gpu(cfg)
     d = cfg.distributed
@@ -33,9 +38,11 @@ def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json") | {"distributed": d.model_dump() | {"use_gpu": use_gpu}},
-                           "data": data_ref},
+                           "data": data_ref, "train_sizes": train_sizes},
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        datasets=datasets or None,
+        dataset_config=exact_split_config() if datasets else None,
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path(cfg),
