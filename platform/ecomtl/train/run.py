@@ -35,11 +35,14 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 
 
 def bundle_destination(cfg: ExperimentConfig, run_dir: str) -> Path:
+    from ecomtl.train.trainer import local_dir
+
     if cfg.output.bundle_dir:
         return Path(cfg.output.bundle_dir).expanduser().resolve()
-    if "://" in run_dir:  # remote storage: the bundle is a local directory next to the CWD
+    local = local_dir(run_dir)
+    if local is None:  # remote storage: the bundle is a local directory next to the CWD
         return Path("bundles", os.path.basename(run_dir)).resolve()
-    return Path(run_dir, "bundle")
+    return Path(local, "bundle")
 
 
 def best_checkpoint(result):
@@ -102,7 +105,9 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
             state = json.loads(Path(d, STATE_FILE).read_text())
             history = state["history"]
     plot = None
-    if history and "://" not in run_dir:
-        plot = plot_training(history, Path(run_dir, "training.png"), title=run_name)
+    from ecomtl.train.trainer import local_dir
+
+    if history and local_dir(run_dir) is not None:
+        plot = plot_training(history, Path(local_dir(run_dir), "training.png"), title=run_name)
     return TrainOutcome(run_name, run_dir, bundle, full["tasks"], selection, history, plot,
                         data.report(), time.perf_counter() - t0, int(selection.get("step", 0)))

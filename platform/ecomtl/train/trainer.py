@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.evaluation import AGGREGATE
@@ -10,9 +11,24 @@ from ecomtl.train.loop import train_loop_per_worker
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
-    """Local paths are expanded; URIs (s3://, gs://, ...) go to pyarrow unchanged."""
+    """Where Ray Train writes checkpoints: a local or shared-filesystem directory
+    (expanded to an absolute path, which must be the same on every node), or a URI that
+    pyarrow resolves to a filesystem (``s3://bucket/prefix``, ``gs://...``,
+    ``abfs://...``, ``hdfs://...``, ``file:///abs/path``), passed on unchanged."""
     path = cfg.output.storage_path
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def local_dir(path: str) -> Optional[str]:
+    """The local directory behind a storage path (plain path or ``file://`` URI), or
+    None for remote storage."""
+    if "://" not in path:
+        return path
+    if path.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return None
 
 
 def resolve_use_gpu(cfg: ExperimentConfig) -> bool:
