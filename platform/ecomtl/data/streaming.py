@@ -96,16 +96,27 @@ class Tokenize:
         n = len(next(iter(batch.values())))
         rows = {k: _column(v) for k, v in batch.items()}
         inputs, pairs, labels, _, _ = select_rows(self.name, cfg, rows, n, self.label_infos)
-        out: dict = {}
-        if not inputs:
-            return {"input_ids": _ragged([]), **{LABEL_PREFIX + t: np.zeros(0) for t in self.tasks}}
         tok = _tokenizer(cfg.model.model_dump_json())
+        if not inputs:  # every row of this batch skipped: an empty batch, same columns
+            return self._empty(cfg, tok, src)
+        out: dict = {}
         ids, types, labels, _ = encode_rows(tok, src, inputs, pairs, labels, self.max_length)
         out["input_ids"] = _ragged(ids)
         if types is not None:
             out["token_type_ids"] = _ragged(types)
         for t, values in labels.items():
             out[LABEL_PREFIX + t] = _ragged(values) if values and isinstance(values[0], np.ndarray) else np.asarray(values)
+        return out
+
+    def _empty(self, cfg: ExperimentConfig, tok, src) -> dict:
+        from ecomtl.tasks import TASK_HEADS
+
+        probe = tok(["a"], is_split_into_words=True) if src.tokens else tok("a")
+        out = {"input_ids": _ragged([])} | ({"token_type_ids": _ragged([])} if "token_type_ids" in probe else {})
+        for t in self.tasks:
+            head = TASK_HEADS.get(cfg.tasks[t].head)
+            out[LABEL_PREFIX + t] = (_ragged([]) if src.tokens else
+                                     np.zeros(0, dtype=np.float64 if head.label_dtype.is_floating_point else np.int64))
         return out
 
 
@@ -177,7 +188,8 @@ def to_split(batch: dict, tasks: list[str]) -> PreparedSplit:
     labels = {}
     for t in tasks:
         col = batch[LABEL_PREFIX + t]
-        labels[t] = list(col) if col.dtype == object else col.tolist()
+        # ragged columns come back as object arrays, or 2-D when all rows are one length
+        labels[t] = list(col) if (col.dtype == object or col.ndim > 1) else col.tolist()
     return PreparedSplit(ids, types, labels)
 
 
