@@ -11,7 +11,36 @@ import pytest
 from ecomtl.data.prepare import fit_label_infos, prepare_data
 from ecomtl.model.encoder import load_tokenizer
 
-pytestmark = pytest.mark.integration
+
+def test_tokenize_batch_matches_the_in_memory_path(tiny_cfg, data_root):
+    """The ``map_batches`` function on raw columns (as Ray Data hands them over: numpy,
+    NaN for missing) gives the in-memory path's rows, labels and bad-row policy."""
+    import numpy as np
+    import pandas as pd
+
+    from ecomtl.data.streaming import LABEL_PREFIX, Tokenize, to_split
+
+    tokenizer = load_tokenizer(tiny_cfg.model)
+    infos = fit_label_infos(tiny_cfg, data_root)
+    memory = prepare_data(tiny_cfg, tokenizer, splits=("train",), label_infos=infos, root=data_root)
+    for source, reader in (("reviews", pd.read_csv), ("queries", lambda p: pd.read_json(p, lines=True)),
+                           ("offers", lambda p: pd.read_json(p, lines=True))):
+        raw = reader(f"{data_root}/{tiny_cfg.sources[source].path.split('}/', 1)[1].format(split='train')}")[:400]
+        batch = {c: (raw[c].to_numpy() if raw[c].dtype != object else
+                     np.array([np.array(v) if isinstance(v, list) else v for v in raw[c]] + [None], dtype=object)[:-1])
+                 for c in raw.columns}
+        out = Tokenize(source, tiny_cfg, infos, memory.max_lengths[source])(batch)
+        want = memory.splits["train"][source]
+        tasks = tiny_cfg.task_names_by_source()[source]
+        got = to_split(out, tasks)
+        assert len(got) == len(want), source
+        assert all(np.array_equal(a, b) for a, b in zip(got.input_ids, want.input_ids)), source
+        for t in tasks:
+            assert all(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+                       for a, b in zip(got.labels[t], want.labels[t])), t
+        assert set(out) == {"input_ids", *([] if want.token_type_ids is None else ["token_type_ids"]),
+                            *(LABEL_PREFIX + t for t in tasks)}
+
 
 
 def _epoch_rows(config: dict) -> None:
@@ -38,6 +67,7 @@ def _epoch_rows(config: dict) -> None:
         ray.train.report({"seen": gathered})
 
 
+@pytest.mark.integration
 def test_every_row_once_per_epoch_across_two_workers(ray_local, tiny_cfg, data_root, tmp_path):
     from ray import cloudpickle
     from ray.train import RunConfig, ScalingConfig
@@ -74,6 +104,7 @@ def test_every_row_once_per_epoch_across_two_workers(ray_local, tiny_cfg, data_r
                   f"rank 0 {sum(per_rank[0].values())} + rank 1 {sum(per_rank[1].values())}")
 
 
+@pytest.mark.integration
 def test_training_on_streamed_data(ray_local, tiny_cfg):
     """The training loop end to end on the Ray Data path: 2 workers, ZeRO-2, a bundle."""
     from ecomtl.model.bundle import check_bundle
