@@ -25,7 +25,7 @@ from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.prepare import (AUTO_LENGTH_SAMPLE, DataError, PreparedSplit, encode_rows, resolve_max_length,
                                  select_rows, source_path)
 
-DATASET_PREFIX = "train/"
+DATASET_PREFIX = "train_"  # no "/": Ray Data names log files after datasets
 LABEL_PREFIX = "label/"
 
 
