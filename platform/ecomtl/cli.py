@@ -1,10 +1,10 @@
 """``ecomtl`` command line. Thin: each command parses its arguments and calls the same
 functions as the ``jobs/`` scripts.
 
-    ecomtl train jobs/configs/demo.yaml [key=value ...] [--resume RUN]
+    ecomtl train jobs/configs/demo.yaml [key=value ...] [--resume RUN] [--baseline JSON]
     ecomtl evaluate BUNDLE [--data-root DIR] [--split SPLIT]
     ecomtl export CHECKPOINT_DIR OUT
-    ecomtl baseline jobs/configs/demo.yaml        # TF-IDF + logistic regression per head
+    ecomtl baseline jobs/configs/demo.yaml [--out JSON]   # TF-IDF + logistic regression per head
 """
 
 from __future__ import annotations
@@ -22,15 +22,27 @@ def cmd_train(args) -> int:
     from ecomtl.train.run import train_experiment
 
     cfg = load_config(args.config, args.overrides)
+    baseline = _read_baseline(args.baseline)
     out = train_experiment(cfg, run_name=args.resume)
     print(f"\nvalidation metrics of the exported bundle (checkpoint at step {out.selection.get('step')}):")
-    print(metrics_table(out.metrics))
+    print(metrics_table(out.metrics, baseline))
     print(f"\naggregate {sum(m['score'] for m in out.metrics.values()) / len(out.metrics):.4f} | "
           f"wall {out.wall_s / 60:.1f} min | run {out.run_dir}")
     if out.plot:
         print(f"training curves: {out.plot}")
     print(f"bundle: {out.bundle}")
     return 0
+
+
+def _read_baseline(path: Optional[str]) -> Optional[dict]:
+    """Read before training, so that a wrong path fails in a second, not after the run."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--baseline {path}: {err}") from err
 
 
 def cmd_evaluate(args) -> int:
@@ -73,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.steps=100")
     t.add_argument("--resume", metavar="RUN", help="resume the run of this name from its latest checkpoint")
+    t.add_argument("--baseline", metavar="JSON", help="metrics from `ecomtl baseline --out`: adds baseline and "
+                                                      "delta columns to the final table")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a bundle on a data root/split; prints JSON")

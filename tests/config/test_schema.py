@@ -84,3 +84,9 @@ def test_data_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ECOMTL_DATA_ROOT", str(tmp_path))
     assert resolve_data_root() == str(tmp_path)
     assert resolve_data_root("/explicit") == "/explicit"
+
+
+def test_per_source_batch_size_is_validated_and_defaults_to_training():
+    cfg = config_from_dict(base(), ["sources.queries.batch_size=64"])
+    assert cfg.sources["queries"].batch_size == 64 and cfg.sources["reviews"].batch_size is None
+    assert "sources.queries.batch_size" in err(base(), ["sources.queries.batch_size=0"])

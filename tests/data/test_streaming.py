@@ -52,7 +52,7 @@ def _epoch_rows(config: dict) -> None:
     from ecomtl.data.streaming import StreamedBatches
 
     source, rank = config["source"], ray.train.get_context().get_world_rank()
-    stream = StreamedBatches([source], config["batch_size"], seed=0, shuffle_buffer=50, device="cpu")
+    stream = StreamedBatches({source: config["batch_size"]}, seed=0, shuffle_buffer=50, device="cpu")
     seen = {0: [], 1: []}
     while True:
         batch, real = stream.next(source)

@@ -62,3 +62,12 @@ def test_resume_continues_from_saved_step(ray_local, tiny_cfg):
     assert evals == [3, 6, 9, 12]
     state = json.loads(Path(out.run_dir, "step_0000012", "trainer_state.json").read_text())
     assert state["step"] == 12 and state["micro"] == 12 * tiny_cfg.training.grad_accum
+
+
+def test_early_stopping_on_the_aggregate(ray_local, tiny_cfg):
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.optim.lr, cfg.optim.head_lr = 1e-12, 1e-12  # nothing changes: the aggregate cannot improve
+    cfg.training.steps, cfg.training.eval_every, cfg.training.early_stopping_patience = 30, 3, 2
+    out = train_experiment(cfg, run_name="early", log=lambda *_: None)
+    evals = [h["step"] for h in out.history if h["kind"] == "eval"]
+    assert evals == [3, 6, 9], evals  # best at 3, no gain at 6 and 9 → stop, long before 30

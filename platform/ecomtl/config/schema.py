@@ -38,6 +38,10 @@ class SourceConfig(Strict):
     tokens: Optional[str] = None
     max_length: Union[int, Literal["auto"]] = "auto"
     max_rows: Optional[int] = Field(None, gt=0, description="cap on train rows read (None = all)")
+    # Short inputs (titles, queries) cost a fraction of a review per row: a larger
+    # micro-batch for them keeps the cost of a step even across sources.
+    batch_size: Optional[int] = Field(None, ge=1, description="micro-batch per worker for this source "
+                                      "(default training.batch_size)")
 
     @field_validator("text", "text_pair", mode="before")
     @classmethod

@@ -156,7 +156,8 @@ def build_train_datasets(cfg: ExperimentConfig, tokenizer, label_infos: dict, ro
                                     batch_size=cfg.data.tokenize_batch_size, batch_format="numpy")
         # Small blocks (one training batch each, streamed): shards then split evenly
         # across workers even when a whole file arrives as one block.
-        datasets[dataset_name(name)] = tokenized.repartition(target_num_rows_per_block=cfg.training.batch_size)
+        rows = cfg.sources[name].batch_size or cfg.training.batch_size
+        datasets[dataset_name(name)] = tokenized.repartition(target_num_rows_per_block=rows)
     return datasets, max_lengths, sizes
 
 
@@ -197,10 +198,12 @@ class StreamedBatches:
     """Next batch of each source's shard on this rank, epoch after epoch, in lockstep
     with the other ranks (one tiny all-reduce per step)."""
 
-    def __init__(self, sources: list[str], batch_size: int, seed: int, shuffle_buffer: int, device,
+    def __init__(self, batch_sizes: dict[str, int], seed: int, shuffle_buffer: int, device,
                  position: Optional[dict] = None):
+        """``batch_sizes``: source → rows per batch on this worker."""
         import ray.train
 
+        sources = list(batch_sizes)
         self.shards = {s: ray.train.get_dataset_shard(dataset_name(s)) for s in sources}
         self.bs, self.seed, self.buffer, self.device = batch_size, seed, shuffle_buffer, device
         # per source: epoch and batches consumed in it (saved in checkpoints)
@@ -211,7 +214,7 @@ class StreamedBatches:
     def _open(self, source: str):
         pos = self.position[source]
         it = iter(self.shards[source].iter_batches(
-            batch_size=self.bs, batch_format="numpy", drop_last=False,
+            batch_size=self.bs[source], batch_format="numpy", drop_last=False,
             local_shuffle_buffer_size=self.buffer or None,
             local_shuffle_seed=(self.seed * 100003 + pos["epoch"]) if self.buffer else None,
         ))

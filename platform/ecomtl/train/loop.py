@@ -178,6 +178,11 @@ def train_loop_per_worker(config: dict) -> None:
             save_and_report(metrics)
 
 
+def batch_size(cfg: ExperimentConfig, source: str) -> int:
+    """Micro-batch per worker for one source (``sources.<s>.batch_size`` or the default)."""
+    return cfg.sources[source].batch_size or cfg.training.batch_size
+
+
 def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int, world: int, device, pad_id,
                   label_dtypes):
     """``next_batch(source) -> (collated batch, real)`` for either data engine. The
@@ -187,7 +192,7 @@ def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int,
     if cfg.data.engine == "ray_data":
         from ecomtl.data.streaming import StreamedBatches, to_split
 
-        stream = StreamedBatches(list(cfg.sources), cfg.training.batch_size, cfg.training.seed,
+        stream = StreamedBatches({s: batch_size(cfg, s) for s in cfg.sources}, cfg.training.seed,
                                  cfg.data.shuffle_buffer, device, position=state.get("stream"))
         state["stream"] = stream.position
 
@@ -201,7 +206,7 @@ def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int,
 
     train = data.splits["train"]
     batches = {
-        s: ShardedBatches(len(d), cfg.training.batch_size, rank, world, cfg.training.seed + i, lengths=d.lengths())
+        s: ShardedBatches(len(d), batch_size(cfg, s), rank, world, cfg.training.seed + i, lengths=d.lengths())
         for i, (s, d) in enumerate(train.items())
     }
 
