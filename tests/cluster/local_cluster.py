@@ -113,14 +113,14 @@ class LocalCluster:
         return env
 
     # -- nodes -----------------------------------------------------------------------
-    def _start(self, args: list[str], name: str, wait_for: str) -> Node:
+    def _start(self, args: list[str], name: str, wait_for: str, temp_dir: Optional[str] = None) -> Node:
         lo, hi = free_port_range()
         cmd = [RAY_BIN, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
                "--min-worker-port", str(lo), "--max-worker-port", str(hi),
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-               "--object-store-memory", str(300 * 1024**2), "--temp-dir", self.temp_dir, *args]
+               "--object-store-memory", str(300 * 1024**2), "--temp-dir", temp_dir or self.temp_dir, *args]
         log = Path(f"{self.temp_dir}-{name}.log")
         proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=self.env(),
                                 start_new_session=True)
@@ -141,8 +141,11 @@ class LocalCluster:
                             "--ray-client-server-port", str(free_port())], "head", "block forever")
 
     def add_node(self, num_cpus: int = 1, resources: str = "{}") -> Node:
-        return self._start(["--address", self.gcs_address, "--num-cpus", str(num_cpus),
-                            "--resources", resources], f"node{len(self.nodes)}", "block forever")
+        """Its own temp dir, as on a separate machine: nodes sharing one would share the
+        unpacked job packages, and one node's runtime-env cleanup would delete another's."""
+        name = f"node{len(self.nodes)}"
+        return self._start(["--address", self.gcs_address, "--num-cpus", str(num_cpus), "--resources", resources],
+                           name, "block forever", temp_dir=f"{self.temp_dir}-{name}")
 
     def wait_for_jobs_api(self, timeout: float = 120) -> None:
         """The dashboard's job module starts a little after the head's GCS."""
@@ -181,7 +184,9 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
         self.nodes.clear()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for d in [self.temp_dir, *Path(self.temp_dir).parent.glob(Path(self.temp_dir).name + "-node*")]:
+            if Path(d).is_dir():
+                shutil.rmtree(d, ignore_errors=True)
 
 
 # -- the jobs the tests submit -----------------------------------------------------
