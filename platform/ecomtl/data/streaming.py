@@ -205,7 +205,7 @@ class StreamedBatches:
 
         sources = list(batch_sizes)
         self.shards = {s: ray.train.get_dataset_shard(dataset_name(s)) for s in sources}
-        self.bs, self.seed, self.buffer, self.device = batch_size, seed, shuffle_buffer, device
+        self.bs, self.seed, self.buffer, self.device = batch_sizes, seed, shuffle_buffer, device
         # per source: epoch and batches consumed in it (saved in checkpoints)
         self.position = {s: dict(epoch=0, batch=0) for s in sources} | (position or {})
         self._iters: dict = {}
