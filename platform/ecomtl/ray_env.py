@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,7 +29,24 @@ def init_ray(**kwargs) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ray.init(runtime_env=runtime_env(), **kwargs)
+    ray.init(runtime_env=_without_job_keys(runtime_env()), **kwargs)
+
+
+def _without_job_keys(env: dict) -> dict:
+    """Under ``ray job submit``, Ray merges the job's runtime env with ours and refuses any
+    key set in both (e.g. ECOMTL_DATA_ROOT passed with --runtime-env-json, which we also
+    forward). The job's values are already in effect, so leave those keys to the job."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    injected = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not injected:
+        return env
+    job_env = json.loads(injected).get("runtime_env") or {}
+    out = {k: v for k, v in env.items() if k != "env_vars" and k not in job_env}
+    env_vars = {k: v for k, v in env.get("env_vars", {}).items() if k not in job_env.get("env_vars", {})}
+    if env_vars:
+        out["env_vars"] = env_vars
+    return out
 
 
 def cluster_has_gpus() -> bool:

@@ -199,6 +199,20 @@ class DistributedConfig(Strict):
     max_failures: int = Field(0, ge=-1)
 
 
+class DataEngineConfig(Strict):
+    """How the train split reaches the workers.
+
+    ``memory``: read and tokenised once on the driver, shipped to every worker through
+    the object store (fast; for data that fits one node). ``ray_data``: each source's
+    train split is a Ray Data dataset, tokenised in parallel with ``map_batches`` and
+    streamed to the workers in disjoint shards (``ray.train.get_dataset_shard``), so it
+    never has to fit in one node's memory. Validation stays in memory either way."""
+
+    engine: Literal["memory", "ray_data"] = "memory"
+    tokenize_batch_size: int = Field(512, ge=1, description="ray_data: rows per map_batches call")
+    shuffle_buffer: int = Field(2000, ge=0, description="ray_data: rows in each worker's local shuffle buffer (0 = off)")
+
+
 class OutputConfig(Strict):
     storage_path: str = Field("~/ecomtl_results", description="local dir, shared FS or cloud URI")
     bundle_dir: Optional[str] = Field(None, description="default: <storage_path>/<name>/bundle")
@@ -216,6 +230,7 @@ class ExperimentConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     distributed: DistributedConfig = DistributedConfig()
     output: OutputConfig = OutputConfig()
+    data: DataEngineConfig = DataEngineConfig()
     # The Tune section is validated by ecomtl.tune.space; kept opaque here so that the
     # training schema does not depend on Tune.
     tune: Optional[dict] = None

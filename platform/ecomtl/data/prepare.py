@@ -121,23 +121,11 @@ def auto_max_length(tokenizer, src: SourceConfig, inputs: list, pairs: list) -> 
     return max(8, min(length, tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else 512))
 
 
-def prepare_source(
-    name: str,
-    cfg: ExperimentConfig,
-    tokenizer,
-    split: str,
-    label_infos: dict[str, dict],
-    max_length: Optional[int],
-    root: str,
-) -> tuple[PreparedSplit, int]:
-    """Encode one source's split. ``label_infos`` must hold its tasks (fit on train
-    first); ``max_length`` None resolves the source's setting (``auto`` → from data)."""
+def select_rows(name: str, cfg: ExperimentConfig, batch: dict, n_rows: int, label_infos: dict[str, dict]):
+    """Apply the bad-row policy to raw rows (``batch``: column → values): the usable
+    inputs, pairs and encoded labels, plus why the others were skipped or ignored."""
     src = cfg.sources[name]
     tasks = cfg.task_names_by_source()[name]
-    ds = read_source(name, src, root, split)
-    batch = ds.to_dict()
-    n_rows = len(ds)
-
     status = Counter()
     reasons = {t: Counter() for t in tasks}
     inputs, pairs, labels = [], [], {t: [] for t in tasks}
@@ -164,24 +152,23 @@ def prepare_source(
         pairs.append(pair)
         for t in tasks:
             labels[t].append(encoded[t])
-    if not inputs:
-        raise DataError(f"sources.{name}: no usable rows in split {split!r} ({dict(status)})")
+    return inputs, pairs, labels, status, reasons
 
-    if max_length is None:
-        max_length = (
-            auto_max_length(tokenizer, src, inputs, pairs) if src.max_length == "auto" else src.max_length
-        )
+
+def encode_rows(tokenizer, src: SourceConfig, inputs: list, pairs: list, labels: dict[str, list], max_length: int):
+    """Tokenise selected rows: (input_ids, token_type_ids | None, labels aligned to
+    sub-tokens for tagging, number of truncated rows)."""
     enc = tokenize(tokenizer, src, inputs, pairs, max_length)
     input_ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
     token_type_ids = (
         [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
     )
-    truncated = 0
+    labels = dict(labels)
     if src.tokens:
         # First sub-token of each word carries the word's label; the rest are ignored.
-        for t in tasks:
+        for t, values in labels.items():
             aligned = []
-            for i, word_labels in enumerate(labels[t]):
+            for i, word_labels in enumerate(values):
                 row = np.full(len(input_ids[i]), -100, dtype=np.int64)
                 if isinstance(word_labels, list):
                     prev = None
@@ -196,13 +183,39 @@ def prepare_source(
         )
     else:
         truncated = sum(1 for x in input_ids if len(x) >= max_length)
+    return input_ids, token_type_ids, labels, truncated
 
+
+def resolve_max_length(tokenizer, src: SourceConfig, inputs: list, pairs: list) -> int:
+    return auto_max_length(tokenizer, src, inputs, pairs) if src.max_length == "auto" else src.max_length
+
+
+def prepare_source(
+    name: str,
+    cfg: ExperimentConfig,
+    tokenizer,
+    split: str,
+    label_infos: dict[str, dict],
+    max_length: Optional[int],
+    root: str,
+) -> tuple[PreparedSplit, int]:
+    """Encode one source's split. ``label_infos`` must hold its tasks (fit on train
+    first); ``max_length`` None resolves the source's setting (``auto`` → from data)."""
+    src = cfg.sources[name]
+    ds = read_source(name, src, root, split)
+    n_rows = len(ds)
+    inputs, pairs, labels, status, reasons = select_rows(name, cfg, ds.to_dict(), n_rows, label_infos)
+    if not inputs:
+        raise DataError(f"sources.{name}: no usable rows in split {split!r} ({dict(status)})")
+    if max_length is None:
+        max_length = resolve_max_length(tokenizer, src, inputs, pairs)
+    input_ids, token_type_ids, labels, truncated = encode_rows(tokenizer, src, inputs, pairs, labels, max_length)
     report = {
         "path": source_path(src, root, split),
         "rows_read": n_rows,
         "rows_used": len(inputs),
         "skipped": dict(status),
-        "tasks": {t: dict(reasons[t]) for t in tasks},
+        "tasks": {t: dict(r) for t, r in reasons.items()},
         "max_length": max_length,
         "truncated_rows": truncated,
     }

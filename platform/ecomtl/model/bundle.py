@@ -41,6 +41,7 @@ def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary directory is removed and ``dst`` is untouched."""
     dst = Path(dst).expanduser().resolve()
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _restore_set_aside(dst)
     tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -55,6 +56,16 @@ def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_set_aside(dst: Path) -> None:
+    """A writer killed between its two renames (``dst`` moved aside, the new one not yet
+    in) left the previous complete directory as ``.<name>.old-*``: put it back."""
+    if dst.exists():
+        return
+    aside = sorted(dst.parent.glob(f".{dst.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], dst)
 
 
 def bundle_spec(cfg: ExperimentConfig, label_infos: dict, max_lengths: dict) -> dict:

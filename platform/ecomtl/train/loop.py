@@ -76,21 +76,15 @@ def train_loop_per_worker(config: dict) -> None:
     autocast = torch.bfloat16 if use_bf16(cfg, on_gpu) else None
     weighting = WEIGHTINGS.get(cfg.weighting.kind)(cfg)
 
-    train = data.splits["train"]
     by_source = cfg.task_names_by_source()
-    sampler = build_sampler(
-        cfg.sampling.kind, {s: len(d) for s, d in train.items()}, cfg.training.seed, cfg.sampling.temperature,
-        cfg.sampling.weights,
-    )
-    batches = {
-        s: ShardedBatches(len(d), cfg.sources[s].batch_size or cfg.training.batch_size, rank, world,
-                          cfg.training.seed + i, lengths=d.lengths())
-        for i, (s, d) in enumerate(train.items())
-    }
+    streamed = cfg.data.engine == "ray_data"
+    sizes = config["train_sizes"] if streamed else {s: len(d) for s, d in data.splits["train"].items()}
+    sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
+                            cfg.sampling.weights)
     label_dtypes = {t: model.heads[t].label_dtype for t in cfg.tasks}
     pad_id = tokenizer.pad_token_id
 
-    state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in train}, "best": -math.inf,
+    state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in cfg.sources}, "best": -math.inf,
              "bad_evals": 0, "history": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -100,6 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
             weighting.load_state_dict(state.get("weighting", {}))
         if rank == 0:
             log.info("[ecomtl] resumed from checkpoint at step %d", state["step"])
+    next_batch = _batch_source(cfg, data, config, state, rank, world, device, pad_id, label_dtypes)
 
     def evaluate() -> dict:
         pairs = {}
@@ -148,9 +143,8 @@ def train_loop_per_worker(config: dict) -> None:
         for _ in range(accum):
             source = sampler.source_at(state["micro"])
             state["micro"] += 1
-            rows = batches[source].batch(state["source_batches"][source])
+            batch, real = next_batch(source)
             state["source_batches"][source] += 1
-            batch = collate(train[source], rows, pad_id, label_dtypes)
             tasks = by_source[source]
             with torch.autocast(device_type=device.type, dtype=autocast, enabled=autocast is not None):
                 logits = engine(
@@ -159,10 +153,12 @@ def train_loop_per_worker(config: dict) -> None:
                 )
                 losses = {t: model.heads[t].loss(logits[t], batch["labels"][t].to(device)) for t in tasks}
                 loss = weighting.combine(losses, state["step"])
+                if not real:  # this rank's stream is spent for the epoch; others' are not
+                    loss = loss * 0.0
             engine.backward(loss)
             engine.step()
             step_losses.update({t: v.item() for t, v in losses.items()})
-            progress.add({t: v for t, v in step_losses.items() if t in tasks}, len(rows),
+            progress.add({t: v for t, v in step_losses.items() if t in tasks}, len(batch["input_ids"]) if real else 0,
                          batch["input_ids"].shape[1], int(batch["attention_mask"].sum()))
         state["step"] += 1
         train_s += time.perf_counter() - t_step
@@ -189,6 +185,45 @@ def train_loop_per_worker(config: dict) -> None:
                          + (" | early stop" if stopped_early else ""))
             save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
                                       "timing/eval_s": time.perf_counter() - t_eval})
+
+
+def batch_size(cfg: ExperimentConfig, source: str) -> int:
+    """Micro-batch per worker for one source (``sources.<s>.batch_size`` or the default)."""
+    return cfg.sources[source].batch_size or cfg.training.batch_size
+
+
+def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int, world: int, device, pad_id,
+                  label_dtypes):
+    """``next_batch(source) -> (collated batch, real)`` for either data engine. The
+    in-memory one is a pure function of the saved counters; the streamed one keeps its
+    per-source epoch/batch position in ``state["stream"]`` (saved with checkpoints)."""
+    by_source = cfg.task_names_by_source()
+    if cfg.data.engine == "ray_data":
+        from ecomtl.data.streaming import StreamedBatches, to_split
+
+        stream = StreamedBatches({s: batch_size(cfg, s) for s in cfg.sources}, cfg.training.seed,
+                                 cfg.data.shuffle_buffer, device, position=state.get("stream"))
+        state["stream"] = stream.position
+
+        def next_batch(source):
+            raw, real = stream.next(source)
+            split = to_split(raw, by_source[source])
+            state["stream"] = stream.position
+            return collate(split, range(len(split)), pad_id, label_dtypes), real
+
+        return next_batch
+
+    train = data.splits["train"]
+    batches = {
+        s: ShardedBatches(len(d), batch_size(cfg, s), rank, world, cfg.training.seed + i, lengths=d.lengths())
+        for i, (s, d) in enumerate(train.items())
+    }
+
+    def next_batch(source):
+        rows = batches[source].batch(state["source_batches"][source])
+        return collate(train[source], rows, pad_id, label_dtypes), True
+
+    return next_batch
 
 
 def _write_rank0(tmp: Path, rank: int, model, tokenizer, cfg, data: PreparedData, flat: dict, state: dict) -> None:

@@ -35,11 +35,14 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 
 
 def bundle_destination(cfg: ExperimentConfig, run_dir: str) -> Path:
+    from ecomtl.train.trainer import local_dir
+
     if cfg.output.bundle_dir:
         return Path(cfg.output.bundle_dir).expanduser().resolve()
-    if "://" in run_dir:  # remote storage: the bundle is a local directory next to the CWD
+    local = local_dir(run_dir)
+    if local is None:  # remote storage: the bundle is a local directory next to the CWD
         return Path("bundles", os.path.basename(run_dir)).resolve()
-    return Path(run_dir, "bundle")
+    return Path(local, "bundle")
 
 
 def best_checkpoint(result):
@@ -72,9 +75,20 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     cfg = cfg.model_copy(update={"data_root": root})
     init_ray()
     log(f"[ecomtl] run {run_name}: data from {root}")
-    data = prepare_data(cfg, load_tokenizer(cfg.model), root=root)
+    tokenizer = load_tokenizer(cfg.model)
+    datasets = sizes = None
+    if cfg.data.engine == "ray_data":
+        from ecomtl.data.streaming import build_train_datasets, fit_label_infos_streamed
+
+        label_infos = fit_label_infos_streamed(cfg, root)
+        datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, label_infos, root)
+        data = prepare_data(cfg, tokenizer, splits=("validation",), label_infos=label_infos,
+                            max_lengths=max_lengths, root=root)
+        log("[ecomtl] train splits streamed with Ray Data: " + ", ".join(f"{s} {n} rows" for s, n in sizes.items()))
+    else:
+        data = prepare_data(cfg, tokenizer, root=root)
     log(data_report_table(data.report()))
-    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks)
+    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks, datasets=datasets, train_sizes=sizes)
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -91,7 +105,9 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
             state = json.loads(Path(d, STATE_FILE).read_text())
             history = state["history"]
     plot = None
-    if history and "://" not in run_dir:
-        plot = plot_training(history, Path(run_dir, "training.png"), title=run_name)
+    from ecomtl.train.trainer import local_dir
+
+    if history and local_dir(run_dir) is not None:
+        plot = plot_training(history, Path(local_dir(run_dir), "training.png"), title=run_name)
     return TrainOutcome(run_name, run_dir, bundle, full["tasks"], selection, history, plot,
                         data.report(), time.perf_counter() - t0, int(selection.get("step", 0)))
