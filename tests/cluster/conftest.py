@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -39,9 +40,11 @@ def runs_dir():
 
 @pytest.fixture(scope="session")
 def reference_run(cluster, runs_dir, data_root):
-    """The uninterrupted training job (also the reference for the recovery test)."""
+    """The uninterrupted training job (also the reference for the recovery test):
+    (run name, the finished ``ray job submit``, its wall seconds)."""
     name = "reference"
+    t0 = time.time()
     r = cluster.ray("job", "submit", "--submission-id", "ecomtl-reference", "--working-dir", ".",
                     "--runtime-env-json", runtime_env_json(data_root), "--", *train_command(runs_dir, name),
                     check=False, cwd=REPO)
-    return name, r
+    return name, r, time.time() - t0

@@ -198,7 +198,9 @@ def runtime_env_json(data_root: str) -> str:
 
 # The training job the job-submission and recovery tests both run (same seed), so the
 # uninterrupted run doubles as the reference for the interrupted one.
-RECOVERY_STEPS, RECOVERY_EVAL = 30, 10
+# Long enough (tens of seconds of training on the tiny model) that a failure injected after
+# the first committed checkpoint still lands in the middle of the run.
+RECOVERY_STEPS, RECOVERY_EVAL = 120, 20
 RECOVERY_OVERRIDES = [f"training.steps={RECOVERY_STEPS}", f"training.eval_every={RECOVERY_EVAL}",
                       "training.log_every=1", "training.keep_checkpoints=4", "distributed.num_workers=2",
                       "distributed.zero_stage=2", "distributed.max_failures=1"]
@@ -207,6 +209,28 @@ RECOVERY_OVERRIDES = [f"training.steps={RECOVERY_STEPS}", f"training.eval_every=
 def train_command(runs: Path, name: str, extra: list[str] = ()) -> list[str]:
     return ["python", "jobs/train.py", "jobs/configs/tiny.yaml", f"output.storage_path={runs}",
             *RECOVERY_OVERRIDES, *extra, "--resume", name]
+
+
+def committed_checkpoint_step(run_dir: Path) -> Optional[int]:
+    """The step of the latest checkpoint Ray Train has *registered*, read from the
+    controller's ``checkpoint_manager_snapshot.json``. A ``step_N`` folder on disk is not
+    enough: a checkpoint counts only once every rank has reported it, so a worker killed
+    while the folder is being written makes Ray Train restart from the one before."""
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    latest = snap.get("latest_checkpoint_result") or {}
+    name = latest.get("checkpoint_dir_name") or ""
+    return int(name.rsplit("_", 1)[1]) if name.startswith("step_") else None
+
+
+def wait_for_committed_checkpoint(run_dir: Path, job: "StreamedJob", timeout: float = 600) -> int:
+    deadline = time.time() + timeout
+    while (step := committed_checkpoint_step(run_dir)) is None:
+        assert time.time() < deadline and job.proc.poll() is None, job.text[-3000:]
+        time.sleep(0.05)
+    return step
 
 
 def bundle_metrics(runs: Path, name: str) -> dict:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_train_job_succeeds_streams_logs_and_exports(reference_run, runs_dir):
-    name, r = reference_run
+    name, r, _ = reference_run
     assert r.returncode == 0, r.stdout[-4000:]
     # Logs streamed back to the submitting terminal, from the workers too.
     assert "Job 'ecomtl-reference' succeeded" in r.stdout
@@ -27,7 +27,7 @@ def test_train_job_succeeds_streams_logs_and_exports(reference_run, runs_dir):
 
 
 def test_evaluate_and_export_jobs(cluster, reference_run, runs_dir, data_root):
-    name, r = reference_run
+    name, r, _ = reference_run
     assert r.returncode == 0
     bundle = runs_dir / name / "bundle"
     ev = cluster.ray("job", "submit", "--working-dir", ".", "--runtime-env-json", runtime_env_json(data_root),

@@ -1,7 +1,7 @@
 """A whole node lost mid-run: a second node joins the ``ray start --head`` cluster with
 ``ray start --address``, one of the two training workers lands on it (each worker asks
 for 2 CPUs, the head has 2), and every process of that node is killed at once (SIGKILL,
-as when a machine disappears) right after the first checkpoint.
+as when a machine disappears) right after Ray Train registers the first checkpoint.
 
 What Ray Train 2.60 does (measured, see the printed timeline): the worker's death counts
 as one failure (``max_failures=1``); the controller then tries to start a new 2-worker
@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from local_cluster import REPO, RECOVERY_EVAL, RECOVERY_STEPS, StreamedJob, runtime_env_json, train_command
+from local_cluster import (REPO, RECOVERY_EVAL, RECOVERY_STEPS, StreamedJob, runtime_env_json, train_command,
+                           wait_for_committed_checkpoint)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # A short start timeout so that the failed restart is reported in seconds, not a minute.
@@ -34,10 +35,7 @@ def test_node_lost_mid_run_waits_for_capacity_then_resumes(cluster, runs_dir, da
     job = StreamedJob(cluster, ["--submission-id", "ecomtl-node-loss", "--working-dir", ".", "--runtime-env-json",
                                 json.dumps(env), "--",
                                 *train_command(runs_dir, name, ["distributed.cpus_per_worker=2"])], cwd=REPO)
-    first = runs_dir / name / f"step_{RECOVERY_EVAL:07d}" / "trainer_state.json"
-    while not first.exists():
-        assert job.proc.poll() is None and time.time() - job.t0 < 600, job.text[-3000:]
-        time.sleep(0.02)
+    committed = wait_for_committed_checkpoint(runs_dir / name, job)
     node.kill()
     t_kill = time.time() - job.t0
     n_before = len(job.lines)
@@ -67,5 +65,5 @@ def test_node_lost_mid_run_waits_for_capacity_then_resumes(cluster, runs_dir, da
           f"node added at t={t_added:.1f}s; resumed from step {resumed} at t={t_resumed:.1f}s; "
           f"step {later[0][1]} at t={later[0][0]:.1f}s; finished at t={t_end:.1f}s; "
           f"steps redone {max(steps_before) - resumed}")
-    assert resumed % RECOVERY_EVAL == 0 and resumed >= RECOVERY_EVAL
+    assert resumed % RECOVERY_EVAL == 0 and resumed >= committed
     assert later[0][1] == resumed + 1 and later[-1][1] == RECOVERY_STEPS
