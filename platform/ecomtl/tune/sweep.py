@@ -218,8 +218,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
 
         # equal compute: the single-task runs match the best trial that ran its whole budget
         best_cfg = trial_config(cfg, best_row([r for r in rows if r["status"] == "completed"] or rows))
-        by_source = best_cfg.task_names_by_source()
-        refs["single"] = {s: ray.put(source_subset(data, s, tasks)) for s, tasks in by_source.items()}
+        refs["single"] = {t: ray.put(source_subset(data, spec.source, [t])) for t, spec in best_cfg.tasks.items()}
         st_trainable = _trainable(best_cfg, refs, sizes, f"{storage}/{name}{SINGLE_SUFFIX}", section.trial_cpus)
         if "://" not in storage:
             Path(storage, name + SINGLE_SUFFIX).mkdir(parents=True, exist_ok=True)

@@ -67,10 +67,14 @@ def single_task_config(cfg: ExperimentConfig, task: str, sizes: dict[str, int]) 
 
 
 def source_subset(data: PreparedData, source: str, tasks: list[str]) -> PreparedData:
-    """The prepared data of one source (the loop samples every source it is given)."""
+    """The prepared data of one source (the loop samples every source it is given) with
+    the labels of ``tasks`` only (a batch carries a label for every task it holds)."""
+    def keep(split):
+        return replace(split, labels={t: split.labels[t] for t in tasks})
+
     return replace(data, label_infos={t: data.label_infos[t] for t in tasks},
                    max_lengths={source: data.max_lengths[source]},
-                   splits={split: {source: by_src[source]} for split, by_src in data.splits.items()})
+                   splits={split: {source: keep(by_src[source])} for split, by_src in data.splits.items()})
 
 
 def _log_timing(sweep_dir: str, trial_id: str, event: str) -> None:
@@ -95,7 +99,7 @@ def run_trial(params: dict, *, base: dict, refs: dict[str, Any], sizes: dict[str
     task: Optional[str] = params.get(SINGLE_TASK)
     if task:
         cfg = single_task_config(cfg, task, sizes)
-        data_ref = refs["single"][next(iter(cfg.sources))]
+        data_ref = refs["single"][task]
     else:
         cfg = apply_params(cfg, params)
         data_ref = refs["mtl"]
