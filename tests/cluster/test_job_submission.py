@@ -1,4 +1,4 @@
-"""``ray job submit`` against a real ``ray start --head`` cluster, exactly as docs/cluster.md
+"""``ray job submit`` against a real ``ray start --head`` cluster, exactly as the README
 tells a user to: from the repo root, ``--working-dir .``, the data root in the runtime env.
 
 The cluster keeps Ray 2.60's token authentication on; the CLI gets the token through
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,20 @@ def test_failing_job_exit_code_and_logs(cluster, runs_dir):
     # The traceback runs through the uploaded working dir's copy of the package (what
     # py_modules then ships to the workers), not a version installed on the cluster.
     assert re.search(r"_ray_pkg_\w+/platform/ecomtl/data/prepare\.py", logs), logs[-3000:]
+
+
+def test_tune_job_runs_a_sweep_and_hands_on_its_best_bundle(cluster, runs_dir, data_root):
+    """``jobs/tune.py`` under ``ray job submit``: the trials are Ray Train runs scheduled
+    by Tune on the cluster; the sweep's table, best config and best bundle land in
+    ``storage_path``."""
+    r = cluster.ray("job", "submit", "--submission-id", "ecomtl-tune", "--working-dir", ".", "--runtime-env-json",
+                    runtime_env_json(data_root), "--", "python", "jobs/tune.py", "jobs/configs/tiny_sweep.yaml",
+                    f"output.storage_path={runs_dir}", "tune.num_samples=2", "tune.max_concurrent=1",
+                    "training.steps=6", "training.eval_every=3", "--name", "job-sweep", check=False, cwd=REPO)
+    assert r.returncode == 0 and "Job 'ecomtl-tune' succeeded" in r.stdout, r.stdout[-4000:]
+    sweep = runs_dir / "job-sweep"
+    bundle = Path(re.search(r"best bundle: (\S+)", r.stdout).group(1))
+    assert bundle.is_relative_to(sweep) and (bundle / "heads.safetensors").is_file()
+    table = (sweep / "trials.csv").read_text().splitlines()
+    assert len(table) == 1 + 2  # header + both trials
+    assert (sweep / "best_config.yaml").is_file()

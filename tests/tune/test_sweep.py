@@ -66,12 +66,16 @@ def test_sweep_asha_stops_the_bad_region_and_exports_the_best(ray_local, tmp_pat
     assert out.files["aggregate_plot"].stat().st_size > 0
 
 
-def test_pareto_mode_returns_only_non_dominated_trials(ray_local, tmp_path, data_root):
+def test_pareto_mode_and_single_task_runs_at_equal_compute(ray_local, tmp_path, data_root):
+    """Multi-objective mode returns only the non-dominated trials; ``single_task`` then
+    trains each head alone for the steps its source got and adds per-head deltas."""
     cfg, section = sweep_cfg(tmp_path, data_root, "training.steps=6", "training.eval_every=3", "tune.mode=multi",
-                             "tune.asha=null", "tune.num_samples=4", "tune.max_concurrent=2")
+                             "tune.asha=null", "tune.num_samples=4", "tune.max_concurrent=2", "tune.single_task=true")
     out = run_sweep(cfg, section, log=lambda *_: None)
 
-    table = pd.read_csv(out.files["table"])
+    full = pd.read_csv(out.files["table"])
+    single = full[full["kind"] == "single"]
+    table = full[full["kind"] != "single"]
     metrics = [f"{t}/score" for t in cfg.tasks]
     compared = table[table["pareto"].notna()]
     assert len(compared) == 4
@@ -82,6 +86,16 @@ def test_pareto_mode_returns_only_non_dominated_trials(ray_local, tmp_path, data
         assert bool(r["pareto"]) == (not dominated), (r["trial_id"], points)
     assert {r["trial_id"] for r in out.front} == set(compared[compared["pareto"].astype(bool)]["trial_id"])
     assert out.files["pareto_plot"].stat().st_size > 0
+
+    assert sorted(single["single_task"]) == sorted(cfg.tasks)
+    assert (single["status"] == "completed").all(), single
+    # each head alone for the steps its source got (round robin over 3 sources: 2 of 6)
+    assert (single["steps_done"] == 2).all()
+    for _, row in table.iterrows():  # every trial ran its whole budget (no ASHA)
+        for t in cfg.tasks:
+            alone = single[single["single_task"] == t].iloc[0]
+            assert row[f"{t}/delta_vs_single"] == pytest.approx(row[f"{t}/score"] - alone[f"{t}/score"])
+    assert out.files["single_task_plot"].stat().st_size > 0
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, data_root):
@@ -127,19 +141,3 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
 
 def _reported(run_dir: Path) -> bool:
     return any(run_dir.glob("step_*/trainer_state.json"))
-
-
-@pytest.mark.slow
-def test_single_task_runs_at_equal_compute_give_per_head_deltas(ray_local, tmp_path, data_root):
-    cfg, section = sweep_cfg(tmp_path, data_root, "training.steps=12", "training.eval_every=6", "tune.asha=null",
-                             "tune.num_samples=2", "tune.max_concurrent=2", "tune.single_task=true")
-    out = run_sweep(cfg, section, log=lambda *_: None)
-    table = pd.read_csv(out.files["table"])
-    single = table[table["kind"] == "single"].set_index("trial_id")
-    assert len(single) == len(cfg.tasks)
-    # each head alone for the steps its source got (round robin over 3 sources: 4 of 12)
-    assert (single["steps_done"] == 4).all()
-    for _, row in table[table["status"].eq("completed") & table["kind"].ne("single")].iterrows():
-        for t in cfg.tasks:
-            alone = single[single[f"w/{t}"].notna()].iloc[0]
-            assert row[f"{t}/delta_vs_single"] == pytest.approx(row[f"{t}/score"] - alone[f"{t}/score"])

@@ -69,3 +69,28 @@ def plot_pareto(rows: list[dict], tasks: list[str], path: str | Path, title: str
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_multi_vs_single(rows: list[dict], single_rows: list[dict], tasks: list[str], path: str | Path,
+                         title: str = "") -> Path:
+    """Per head: its single-task score at equal compute next to the multi-task trials that
+    ran their whole budget (the default config and the best one): bars above the grey
+    one mean sharing the encoder helped that head."""
+    plt = _plt()
+    single = {r["single_task"]: r.get(f"{r['single_task']}/score") for r in single_rows}
+    compared = [r for r in rows if any(r.get(f"{t}/delta_vs_single") is not None for t in tasks)]
+    compared = sorted(compared, key=lambda r: (r["kind"] != "default", -(r.get(AGGREGATE) or 0)))[:3]
+    series = [("single task", "lightgrey", [single.get(t) for t in tasks])]
+    series += [(f"multi-task {r['trial_id'][-5:]}" + (" (default)" if r["kind"] == "default" else ""), None,
+                [r.get(f"{t}/score") for t in tasks]) for r in compared]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) + 2), 4))
+    for i, (label, color, values) in enumerate(series):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(tasks))]
+        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=label, color=color)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set(ylabel="validation score (best evaluation)", title=title)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

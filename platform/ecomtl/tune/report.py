@@ -22,7 +22,8 @@ from ecomtl.tune.trial import SINGLE_TASK, read_timings, single_task_config
 
 CHECKPOINT = "checkpoint_path"
 FILES = {"table": "trials.csv", "config": "best_config.yaml", "bundle": "best_bundle",
-         "aggregate_plot": "aggregate_by_trial.png", "pareto_plot": "pareto_front.png"}
+         "aggregate_plot": "aggregate_by_trial.png", "pareto_plot": "pareto_front.png",
+         "single_task_plot": "multi_vs_single.png"}
 
 
 def _num(v) -> Optional[float]:
@@ -172,7 +173,7 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
                  single_rows: list[dict], log=print):
     import pandas as pd
 
-    from ecomtl.tune.plots import plot_aggregate, plot_pareto
+    from ecomtl.tune.plots import plot_aggregate, plot_multi_vs_single, plot_pareto
     from ecomtl.tune.sweep import SweepOutcome
 
     tasks = list(cfg.tasks)
@@ -209,6 +210,11 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
         plot_pareto(rows, tasks, files["pareto_plot"], title=f"sweep {name}: Pareto front")
     else:
         files.pop("pareto_plot")
+    if single_rows:
+        plot_multi_vs_single(rows, single_rows, tasks, files["single_task_plot"],
+                             title=f"sweep {name}: multi-task vs single-task at equal compute")
+    else:
+        files.pop("single_task_plot")
     outcome = SweepOutcome(name, sweep_dir, rows + single_rows, best, default, front, files)
     log(summary(outcome, tasks))
     return outcome
