@@ -16,6 +16,7 @@ from ecomtl.config.load import load_config
 from ecomtl.evaluation import AGGREGATE, evaluate_bundle
 from ecomtl.model.bundle import check_bundle
 from ecomtl.tune.pareto import dominates
+from ecomtl.tune.report import FULL
 from ecomtl.tune.space import load_sweep_config
 from ecomtl.tune.sweep import run_sweep
 from ecomtl.tune.trial import read_timings
@@ -54,7 +55,14 @@ def test_sweep_asha_stops_the_bad_region_and_exports_the_best(ray_local, tmp_pat
 
     summary = "\n".join(printed)
     assert f"best trial {out.best['trial_id']}" in summary and "stopped early" in summary
-    assert out.best[AGGREGATE] == table[AGGREGATE].max()
+    # the best bundle is chosen on the whole validation split among the finalists: the top
+    # trial by the sampled aggregate, other completed ones, and the default config
+    finalists = table[table[FULL].notna()].set_index("trial_id")
+    assert table.loc[table[AGGREGATE].idxmax(), "trial_id"] in finalists.index
+    assert default["trial_id"] in finalists.index and (finalists["status"] == "completed").all()
+    assert out.best["trial_id"] == finalists[FULL].idxmax()
+    assert json.loads(Path(out.files["bundle"], "metrics.json").read_text())[AGGREGATE] == pytest.approx(
+        finalists[FULL].max())
     # the best config is a config `ecomtl train` accepts, with the winning values in it
     best_cfg = load_config(out.files["config"])
     assert best_cfg.optim.lr == pytest.approx(out.best["optim.lr"]) and best_cfg.tune is None

@@ -73,7 +73,8 @@ def trial_rows(grid, cfg: ExperimentConfig, section: TuneSection, sweep_dir: str
         row |= {f"{t}/score": _num(best.get(f"{t}/score")) for t in run_cfg.tasks}
         row |= _overhead(timings.get(trial_id), df)
         rows.append(row)
-    return sorted(rows, key=lambda r: r.get("kind") != "default")
+    # the default first, then in the order the trials started (a restored grid lists them in another order)
+    return sorted(rows, key=lambda r: (r.get("kind") != "default", r.get("started_at") or float("inf")))
 
 
 def _overhead(timing: Optional[dict], df) -> dict:
@@ -152,21 +153,40 @@ def add_single_task_deltas(rows: list[dict], single_rows: list[dict]) -> None:
                 r[f"{t}/delta_vs_single"] = r[f"{t}/score"] - s[f"{t}/score"]
 
 
-def _evaluate_checkpoint(path: str, root: str, copy_to: Optional[Path], metrics_extra: dict) -> dict:
-    import os
+FULL = "full_validation_" + AGGREGATE
 
+
+def _evaluate_checkpoint(path: str, root: str) -> dict:
     from ray.train import Checkpoint
 
     from ecomtl.evaluation import evaluate_bundle
+    from ecomtl.train.loop import BUNDLE_DIR
+
+    with Checkpoint(path).as_directory() as d:
+        return evaluate_bundle(str(Path(d, BUNDLE_DIR)), data_root=root, split="validation")
+
+
+def _copy_checkpoint_bundle(path: str, dest: Path, metrics: dict) -> None:
+    from ray.train import Checkpoint
+
     from ecomtl.model.bundle import copy_bundle
     from ecomtl.train.loop import BUNDLE_DIR
 
     with Checkpoint(path).as_directory() as d:
-        full = evaluate_bundle(os.path.join(d, BUNDLE_DIR), data_root=root, split="validation")
-        if copy_to is not None:
-            copy_bundle(os.path.join(d, BUNDLE_DIR), copy_to,
-                        metrics={"validation": full["tasks"], AGGREGATE: full[AGGREGATE]} | metrics_extra)
-    return full
+        copy_bundle(Path(d, BUNDLE_DIR), dest, metrics=metrics)
+
+
+def finalists(rows: list[dict], top: int) -> list[dict]:
+    """The trials scored on the whole validation split: the best by the sampled aggregate,
+    the next ones of those that ran their whole budget (up to ``top`` in all), and the
+    default config. A 300-row sample picks among close trials by noise; the full split
+    decides between them."""
+    best = best_row(rows)
+    completed = sorted((r for r in rows if r["status"] == "completed" and r.get(AGGREGATE) is not None),
+                       key=lambda r: -r[AGGREGATE])
+    picked = [best] + [r for r in completed if r is not best][: top - 1]
+    picked += [r for r in rows if r["kind"] == "default" and r not in picked]
+    return [r for r in picked if r.get(CHECKPOINT)]
 
 
 def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_dir: str, rows: list[dict],
@@ -183,26 +203,23 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
     default = next((r for r in rows if r["kind"] == "default"), None)
     out = Path(sweep_dir)
     files = {k: out / v for k, v in FILES.items()}
+    full: dict[str, dict] = {}
+    if section.final_eval:
+        root = cfg.resolved_data_root()
+        for r in finalists(rows, section.final_eval_top):
+            full[r["trial_id"]] = _evaluate_checkpoint(r[CHECKPOINT], root)
+            r[FULL] = full[r["trial_id"]][AGGREGATE]
+        best = max((r for r in rows if FULL in r), key=lambda r: r[FULL])
+    chosen_by = f"{FULL} {best[FULL]:.4f}" if FULL in best else f"{AGGREGATE} {best[AGGREGATE]:.4f}"
     best_cfg = trial_config(cfg, best)
     best_cfg = best_cfg.model_copy(update={"name": f"{cfg.name}-best"})
-    files["config"].write_text(f"# best trial {best['trial_id']} of sweep {name}: "
-                               f"{AGGREGATE} {best[AGGREGATE]:.4f} at step {best['best_step']}\n"
-                               + dump_config(best_cfg))
-    selection = {k: v for k, v in best.items() if k != "params"}
-    if section.final_eval:
-        full = _evaluate_checkpoint(best[CHECKPOINT], cfg.resolved_data_root(), files["bundle"],
-                                    {"selection": selection, "sweep": name})
-        best["full_validation_" + AGGREGATE] = full[AGGREGATE]
-        if default is not None and default is not best and default.get(CHECKPOINT):
-            default["full_validation_" + AGGREGATE] = _evaluate_checkpoint(
-                default[CHECKPOINT], cfg.resolved_data_root(), None, {})[AGGREGATE]
-    else:
-        from ray.train import Checkpoint
-
-        from ecomtl.model.bundle import copy_bundle
-
-        with Checkpoint(best[CHECKPOINT]).as_directory() as d:
-            copy_bundle(Path(d, "bundle"), files["bundle"], metrics={"selection": selection, "sweep": name})
+    files["config"].write_text(f"# best trial {best['trial_id']} of sweep {name}: {chosen_by} "
+                               f"(checkpoint of step {best['best_step']})\n" + dump_config(best_cfg))
+    metrics = {"selection": {k: v for k, v in best.items() if k != "params"}, "sweep": name}
+    if best["trial_id"] in full:
+        scored = full[best["trial_id"]]
+        metrics |= {"validation": scored["tasks"], AGGREGATE: scored[AGGREGATE]}
+    _copy_checkpoint_bundle(best[CHECKPOINT], files["bundle"], metrics)
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows + single_rows])
     table.to_csv(files["table"], index=False)
     plot_aggregate(rows, files["aggregate_plot"], title=f"sweep {name}")
@@ -256,15 +273,22 @@ def summary(o: SweepOutcome, tasks: list[str]) -> str:
               table([[r["trial_id"], r["kind"]] + [r.get(c) if r.get(c) is not None else "" for c in score_cols]
                      for r in rows], ["trial", "kind"] + score_cols)]
     b, d = o.best, o.default
-    lines += ["", f"best trial {b['trial_id']}: {AGGREGATE} {b[AGGREGATE]:.4f} (step {b['best_step']})"
-              + (f", full validation {b['full_validation_aggregate']:.4f}" if "full_validation_aggregate" in b else "")]
-    if d is not None and d.get(AGGREGATE) is not None:
-        delta = b[AGGREGATE] - d[AGGREGATE]
+    scored_full = [r for r in rows if FULL in r]
+    if scored_full:
+        lines += ["", f"whole validation split ({FULL}), the finalists:",
+                  table([[r["trial_id"], r["kind"], f"{r[AGGREGATE]:.4f}", f"{r[FULL]:.4f}"]
+                         for r in sorted(scored_full, key=lambda r: -r[FULL])],
+                        ["trial", "kind", f"sampled {AGGREGATE}", FULL])]
+    lines += ["", f"best trial {b['trial_id']}" + (" (the default config)" if b["kind"] == "default" else "")
+              + f": {AGGREGATE} {b[AGGREGATE]:.4f} (step {b['best_step']})"
+              + (f", full validation {b[FULL]:.4f}" if FULL in b else "")]
+    if d is not None and d is not b and d.get(AGGREGATE) is not None:
         lines.append(f"default config (trial {d['trial_id']}): {AGGREGATE} {d[AGGREGATE]:.4f}"
-                     + (f", full validation {d['full_validation_aggregate']:.4f}" if "full_validation_aggregate" in d else "")
-                     + f" | best - default {delta:+.4f}"
-                     + (f" (full validation {b['full_validation_aggregate'] - d['full_validation_aggregate']:+.4f})"
-                        if "full_validation_aggregate" in b and "full_validation_aggregate" in d else ""))
+                     + (f", full validation {d[FULL]:.4f}" if FULL in d else "")
+                     + f" | best - default {b[AGGREGATE] - d[AGGREGATE]:+.4f}"
+                     + (f" (full validation {b[FULL] - d[FULL]:+.4f})" if FULL in b and FULL in d else ""))
+    elif d is b:
+        lines.append("no searched trial beat the default config on the whole validation split")
     if o.front:
         trade = tradeoffs(o.front, [f"{t}/score" for t in tasks])
         lines.append("Pareto front: " + "; ".join(

@@ -105,6 +105,9 @@ class TuneSection(_Strict):
     include_default: bool = Field(True, description="trial 0 = the config as written (the baseline)")
     single_task: bool = False
     final_eval: bool = Field(True, description="score the best (and default) bundle on the whole validation split")
+    final_eval_top: int = Field(3, ge=1, description="with final_eval: the best bundle is chosen among this many "
+                                "trials (the top ones by the sampled aggregate that ran their whole budget, and the "
+                                "default) by their aggregate on the whole validation split, not by the sample")
     asha: Optional[AshaConfig] = AshaConfig()
     space: dict[str, Dist]
 

@@ -138,7 +138,7 @@ def _single_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
 
 SWEEP_CONFIG = "sweep_config.yaml"
 # may change between a sweep and its resumption (they only add work after the search)
-_RESUMABLE_CHANGES = ("single_task", "final_eval")
+_RESUMABLE_CHANGES = ("single_task", "final_eval", "final_eval_top")
 
 
 def _check_same_sweep(cfg: ExperimentConfig, sweep_dir: str) -> None:

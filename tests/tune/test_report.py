@@ -1,0 +1,17 @@
+"""Which trials the sweep scores on the whole validation split before naming the best."""
+
+from ecomtl.evaluation import AGGREGATE
+from ecomtl.tune.report import CHECKPOINT, finalists
+
+
+def row(tid, agg, status="completed", kind="mtl"):
+    return {"trial_id": tid, AGGREGATE: agg, "status": status, "kind": kind, CHECKPOINT: f"/ckpt/{tid}"}
+
+
+def test_finalists_are_the_sampled_best_the_next_completed_and_the_default():
+    rows = [row("default", 0.50, kind="default"), row("a", 0.61, status="stopped early"), row("b", 0.60),
+            row("c", 0.58), row("d", 0.55), row("e", None, status="error")]
+    assert [r["trial_id"] for r in finalists(rows, top=3)] == ["a", "b", "c", "default"]
+    assert [r["trial_id"] for r in finalists(rows, top=1)] == ["a", "default"]
+    # the default among the top ones is not scored twice
+    assert [r["trial_id"] for r in finalists(rows[:1] + rows[2:4], top=3)] == ["b", "c", "default"]
