@@ -78,7 +78,8 @@ def test_pareto_mode_and_single_task_runs_at_equal_compute(ray_local, tmp_path, 
     """Multi-objective mode returns only the non-dominated trials; ``single_task`` then
     trains each head alone for the steps its source got and adds per-head deltas."""
     cfg, section = sweep_cfg(tmp_path, data_root, "training.steps=6", "training.eval_every=3", "tune.mode=multi",
-                             "tune.asha=null", "tune.num_samples=4", "tune.max_concurrent=2", "tune.single_task=true")
+                             "tune.asha=null", "tune.num_samples=4", "tune.max_concurrent=2", "tune.single_task=true",
+                             "tune.final_eval=false")  # the full-split choice is tested above
     out = run_sweep(cfg, section, log=lambda *_: None)
 
     full = pd.read_csv(out.files["table"])
@@ -112,7 +113,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, d
     sweep_dir = tmp_path / "tiny_sweep"
     cmd = [sys.executable, str(REPO / "jobs" / "tune.py"), str(TINY_SWEEP), f"output.storage_path={tmp_path}",
            f"data_root={data_root}", "training.steps=12", "training.eval_every=3", "tune.asha=null",
-           "tune.num_samples=2", "tune.max_concurrent=1"]
+           "tune.num_samples=2", "tune.max_concurrent=1", "tune.final_eval=false"]
     # a fresh local Ray of its own (never a cluster someone else started), package from this checkout
     env = dict(os.environ, RAY_ADDRESS="local", PYTHONPATH=str(REPO / "platform"))
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
