@@ -209,7 +209,7 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
         for r in finalists(rows, section.final_eval_top):
             full[r["trial_id"]] = _evaluate_checkpoint(r[CHECKPOINT], root)
             r[FULL] = full[r["trial_id"]][AGGREGATE]
-        best = max((r for r in rows if FULL in r), key=lambda r: r[FULL])
+        best = max((r for r in rows if FULL in r), key=lambda r: r[FULL], default=best)
     chosen_by = f"{FULL} {best[FULL]:.4f}" if FULL in best else f"{AGGREGATE} {best[AGGREGATE]:.4f}"
     best_cfg = trial_config(cfg, best)
     best_cfg = best_cfg.model_copy(update={"name": f"{cfg.name}-best"})
