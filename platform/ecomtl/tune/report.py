@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from ecomtl.config.load import dump_config
 from ecomtl.config.schema import ExperimentConfig
-from ecomtl.evaluation import AGGREGATE
+from ecomtl.evaluation import AGGREGATE, evaluate_bundle
 from ecomtl.tune.pareto import pareto_front, tradeoffs
 from ecomtl.tune.space import SIMPLEX_PREFIX, WEIGHTS, TuneSection, apply_params, default_point, param_space
 from ecomtl.tune.trial import SINGLE_TASK, read_timings, single_task_config
@@ -156,24 +157,15 @@ def add_single_task_deltas(rows: list[dict], single_rows: list[dict]) -> None:
 FULL = "full_validation_" + AGGREGATE
 
 
-def _evaluate_checkpoint(path: str, root: str) -> dict:
+@contextmanager
+def _checkpoint_bundle(path: str):
+    """The bundle inside a trial's checkpoint, as a local directory."""
     from ray.train import Checkpoint
 
-    from ecomtl.evaluation import evaluate_bundle
     from ecomtl.train.loop import BUNDLE_DIR
 
     with Checkpoint(path).as_directory() as d:
-        return evaluate_bundle(str(Path(d, BUNDLE_DIR)), data_root=root, split="validation")
-
-
-def _copy_checkpoint_bundle(path: str, dest: Path, metrics: dict) -> None:
-    from ray.train import Checkpoint
-
-    from ecomtl.model.bundle import copy_bundle
-    from ecomtl.train.loop import BUNDLE_DIR
-
-    with Checkpoint(path).as_directory() as d:
-        copy_bundle(Path(d, BUNDLE_DIR), dest, metrics=metrics)
+        yield Path(d, BUNDLE_DIR)
 
 
 def finalists(rows: list[dict], top: int) -> list[dict]:
@@ -193,6 +185,7 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
                  single_rows: list[dict], log=print):
     import pandas as pd
 
+    from ecomtl.model.bundle import copy_bundle
     from ecomtl.tune.plots import plot_aggregate, plot_multi_vs_single, plot_pareto
     from ecomtl.tune.sweep import SweepOutcome
 
@@ -207,7 +200,8 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
     if section.final_eval:
         root = cfg.resolved_data_root()
         for r in finalists(rows, section.final_eval_top):
-            full[r["trial_id"]] = _evaluate_checkpoint(r[CHECKPOINT], root)
+            with _checkpoint_bundle(r[CHECKPOINT]) as bundle:
+                full[r["trial_id"]] = evaluate_bundle(str(bundle), data_root=root, split="validation")
             r[FULL] = full[r["trial_id"]][AGGREGATE]
         best = max((r for r in rows if FULL in r), key=lambda r: r[FULL], default=best)
     chosen_by = f"{FULL} {best[FULL]:.4f}" if FULL in best else f"{AGGREGATE} {best[AGGREGATE]:.4f}"
@@ -219,7 +213,8 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
     if best["trial_id"] in full:
         scored = full[best["trial_id"]]
         metrics |= {"validation": scored["tasks"], AGGREGATE: scored[AGGREGATE]}
-    _copy_checkpoint_bundle(best[CHECKPOINT], files["bundle"], metrics)
+    with _checkpoint_bundle(best[CHECKPOINT]) as bundle:
+        copy_bundle(bundle, files["bundle"], metrics=metrics)
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows + single_rows])
     table.to_csv(files["table"], index=False)
     plot_aggregate(rows, files["aggregate_plot"], title=f"sweep {name}")
@@ -288,7 +283,8 @@ def summary(o: SweepOutcome, tasks: list[str]) -> str:
                      + f" | best - default {b[AGGREGATE] - d[AGGREGATE]:+.4f}"
                      + (f" (full validation {b[FULL] - d[FULL]:+.4f})" if FULL in b and FULL in d else ""))
     elif d is b:
-        lines.append("no searched trial beat the default config on the whole validation split")
+        lines.append("no searched trial beat the default config "
+                     + ("on the whole validation split" if FULL in b else "on the validation sample"))
     if o.front:
         trade = tradeoffs(o.front, [f"{t}/score" for t in tasks])
         lines.append("Pareto front: " + "; ".join(

@@ -104,7 +104,8 @@ class TuneSection(_Strict):
                                              "(the trial then running ends at its last report)")
     include_default: bool = Field(True, description="trial 0 = the config as written (the baseline)")
     single_task: bool = False
-    final_eval: bool = Field(True, description="score the best (and default) bundle on the whole validation split")
+    final_eval: bool = Field(True, description="score the finalists (see final_eval_top) on the whole "
+                       "validation split and pick the best bundle by that score")
     final_eval_top: int = Field(3, ge=1, description="with final_eval: the best bundle is chosen among this many "
                                 "trials (the top ones by the sampled aggregate that ran their whole budget, and the "
                                 "default) by their aggregate on the whole validation split, not by the sample")
