@@ -31,7 +31,7 @@ def run(engine: str, steps: int, workers: int, storage: str) -> dict:
     import ray
 
     from ecomtl.data.prepare import prepare_data
-    from ecomtl.model.encoder import load_tokenizer
+    from ecomtl.model.build import load_tokenizer
     from ecomtl.train.loop import STATE_FILE
     from ecomtl.train.trainer import build_trainer
 

@@ -93,6 +93,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_plugins(args) -> int:
+    import json
+
+    from ecomtl.plugins import describe_all, render
+
+    described = describe_all()
+    print(json.dumps(described, indent=2, default=str) if args.json else render(described))
+    return 0
+
+
 def cmd_tune(args) -> int:
     from ecomtl.tune.space import load_sweep_config
     from ecomtl.tune.sweep import run_sweep
@@ -151,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--single-task", action="store_true",
                    help="also train each head alone at the compute it got in the best trial")
     u.set_defaults(fn=cmd_tune)
+    g = sub.add_parser("plugins", help="every registry (backbones, adapters, sharing, heads, weightings, "
+                                       "samplers) with each plug-in's options")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(fn=cmd_plugins)
     return p
 
 

@@ -11,6 +11,7 @@ import torch
 
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedSplit
+from ecomtl.model.multitask import to_device
 from ecomtl.tasks import TASK_HEADS
 
 AGGREGATE = "aggregate"
@@ -42,18 +43,13 @@ def predict_pairs(
         filler = len(chunk) == 0
         if filler:
             chunk = np.array([0])
-        batch = collate(split, chunk, pad_id, label_dtypes)
+        batch = to_device(collate(split, chunk, pad_id, label_dtypes), device)
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                tasks,
-                token_type_ids=batch["token_type_ids"].to(device) if "token_type_ids" in batch else None,
-            )
+            logits = model(batch, tasks)
         if filler:
             continue
         for t in tasks:
-            out[t].extend(model.heads[t].gold_and_pred(logits[t].float().cpu(), batch["labels"][t]))
+            out[t].extend(model.heads[t].gold_and_pred(logits[t].float().cpu(), batch["labels"][t].cpu(), batch))
     model.train(was_training)
     return out
 

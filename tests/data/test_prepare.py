@@ -8,7 +8,7 @@ import pytest
 from ecomtl.config.load import config_from_dict
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import DataError, prepare_data
-from ecomtl.model.encoder import load_tokenizer
+from ecomtl.model.build import load_tokenizer
 
 
 @pytest.fixture(scope="module")

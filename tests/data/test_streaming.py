@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from ecomtl.data.prepare import fit_label_infos, prepare_data
-from ecomtl.model.encoder import load_tokenizer
+from ecomtl.model.build import load_tokenizer
 
 
 def test_tokenize_batch_matches_the_in_memory_path(tiny_cfg, data_root):

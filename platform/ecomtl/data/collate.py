@@ -1,6 +1,10 @@
-"""Dynamic padding: a batch is padded to its own longest row, not to max_length."""
+"""Dynamic padding: a batch is padded to its own longest row, not to max_length. The
+same ``pad_rows`` serves training batches and served requests, so both feed the model
+identical tensors."""
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -8,21 +12,30 @@ import torch
 from ecomtl.data.prepare import PreparedSplit
 
 
-def collate(split: PreparedSplit, rows, pad_id: int, label_dtypes: dict[str, torch.dtype]) -> dict:
-    rows = list(rows)
-    width = max(len(split.input_ids[r]) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    types = np.zeros((len(rows), width), dtype=np.int64) if split.token_type_ids is not None else None
-    for i, r in enumerate(rows):
-        n = len(split.input_ids[r])
-        ids[i, :n] = split.input_ids[r]
+def pad_rows(input_ids: Sequence[Sequence[int]], pad_id: int,
+             token_type_ids: Optional[Sequence[Sequence[int]]] = None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` (and ``token_type_ids``)."""
+    width = max(len(x) for x in input_ids)
+    ids = np.full((len(input_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(input_ids), width), dtype=np.int64)
+    types = np.zeros((len(input_ids), width), dtype=np.int64) if token_type_ids is not None else None
+    for i, row in enumerate(input_ids):
+        n = len(row)
+        ids[i, :n] = row
         mask[i, :n] = 1
         if types is not None:
-            types[i, :n] = split.token_type_ids[r]
+            types[i, :n] = token_type_ids[i]
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if types is not None:
         batch["token_type_ids"] = torch.from_numpy(types)
+    return batch
+
+
+def collate(split: PreparedSplit, rows, pad_id: int, label_dtypes: dict[str, torch.dtype]) -> dict:
+    rows = list(rows)
+    types = None if split.token_type_ids is None else [split.token_type_ids[r] for r in rows]
+    batch = pad_rows([split.input_ids[r] for r in rows], pad_id, types)
+    width = batch["input_ids"].shape[1]
     labels = {}
     for task, values in split.labels.items():
         first = values[rows[0]]

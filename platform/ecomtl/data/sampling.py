@@ -10,13 +10,13 @@ from typing import Optional
 
 import numpy as np
 
-from ecomtl.registry import Registry
+from ecomtl.registry import Plugin, Registry
 
 SAMPLERS: Registry[type["SourceSampler"]] = Registry("task sampler")
 _CHUNK = 4096
 
 
-class SourceSampler:
+class SourceSampler(Plugin):
     def __init__(self, sizes: dict[str, int], seed: int, temperature: float = 1.0,
                  weights: Optional[dict[str, float]] = None):
         if not sizes or min(sizes.values()) <= 0:

@@ -62,7 +62,7 @@ def _config(cfg_json: str) -> ExperimentConfig:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_json: str):
     from ecomtl.config.schema import ModelConfig
-    from ecomtl.model.encoder import load_tokenizer
+    from ecomtl.model.build import load_tokenizer
 
     return load_tokenizer(ModelConfig.model_validate_json(model_json))
 

@@ -1,12 +1,16 @@
 """In-process predictions over a bundle, in three stages that Serve deployments reuse:
 
     Preprocessor   raw inputs → validated, tokenised ``Features`` (tokenizer + tasks.json only)
-    EncoderRunner  ``Features`` → pooled vectors (+ token states for token heads)
-    HeadRunner     encoder outputs → JSON-ready predictions of one or more heads
+    EncoderRunner  ``Features`` → ``Encoded`` through ``MultiTaskModel.encode`` (backbone,
+                   the route's adapter, pooling)
+    HeadRunner     ``Encoded`` → JSON-ready predictions through ``MultiTaskModel.apply``
+                   (sharing layer + head) and the head's ``predict``
 
-``Predictor`` chains them in one process: the encoder runs once per source for all
-requested tasks on it. The HTTP app runs the very same stages in separate deployments,
-so HTTP predictions equal these (up to float noise from padding to a batch's longest row).
+``Predictor`` chains them in one process: the backbone runs once per (source, adapter
+route) for all requested tasks on it. The HTTP app runs the very same stages in separate
+deployments, and training and evaluation call the same ``encode``/``apply``, so HTTP
+predictions equal the training model's forward (up to float noise from padding to a
+batch's longest row).
 
 Input policy (documented in the README of serve_configs/):
 - an item is ``{"text": str, "text_pair": str | None}`` (or a bare string);
@@ -23,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-import numpy as np
 import torch
 
-from ecomtl.tasks import TASK_HEADS
+from ecomtl.model.multitask import Encoded
 
 WORD = re.compile(r"\S+")
 DEFAULT_MAX_ITEMS = 64
@@ -53,6 +56,7 @@ class Features:
 
     source: str
     kind: str  # text | pair | tokens
+    pad_id: int
     input_ids: list[list[int]]
     token_type_ids: Optional[list[list[int]]]
     texts: list[str]
@@ -63,26 +67,26 @@ class Features:
     def rows(self, start: int, stop: int) -> "Features":
         """The slice [start, stop): Serve batches several requests into one Features."""
         cut = lambda xs: None if xs is None else xs[start:stop]  # noqa: E731
-        return Features(self.source, self.kind, self.input_ids[start:stop], cut(self.token_type_ids),
+        return Features(self.source, self.kind, self.pad_id, self.input_ids[start:stop], cut(self.token_type_ids),
                         self.texts[start:stop], self.truncated[start:stop], cut(self.word_ids), cut(self.words))
+
+    def batch(self) -> dict:
+        """The model's input tensors plus row metadata, padded as in training."""
+        from ecomtl.data.collate import pad_rows
+
+        return pad_rows(self.input_ids, self.pad_id, self.token_type_ids) | {"word_ids": self.word_ids}
+
+    def merge_key(self) -> tuple:
+        """Calls with equal keys can share one forward pass."""
+        return (self.kind, self.token_type_ids is None, self.pad_id)
 
     @staticmethod
     def concat(parts: list["Features"]) -> "Features":
+        """Parts must share ``merge_key`` (the encoder deployment groups them first)."""
         first = parts[0]
         join = lambda name: None if getattr(first, name) is None else [x for p in parts for x in getattr(p, name)]  # noqa: E731
-        return Features(first.source, first.kind, join("input_ids"), join("token_type_ids"), join("texts"),
+        return Features(first.source, first.kind, first.pad_id, join("input_ids"), join("token_type_ids"), join("texts"),
                         join("truncated"), join("word_ids"), join("words"))
-
-
-@dataclass
-class Encoded:
-    """Encoder outputs for the rows of one ``Features`` (numpy: cheap to ship between actors)."""
-
-    pooled: np.ndarray  # [n, hidden]
-    hidden: Optional[list[np.ndarray]] = None  # per row [len_i, hidden], only for token heads
-
-    def rows(self, start: int, stop: int) -> "Encoded":
-        return Encoded(self.pooled[start:stop], None if self.hidden is None else self.hidden[start:stop])
 
 
 def normalize_items(raw: Any) -> list[tuple[str, Optional[str]]]:
@@ -144,15 +148,19 @@ class Preprocessor:
             raise InputError(404, "unknown_task", f"unknown task {task!r}; known: {', '.join(self.spec['tasks'])}")
         return self.spec["tasks"][task]["source"]
 
-    def group(self, tasks: list[str], items: list[tuple[str, Optional[str]]]) -> dict[str, list[str]]:
-        """Tasks by source, after checking that every task accepts these inputs."""
+    def route(self, task: str) -> str:
+        return self.spec["routes"][task]
+
+    def group(self, tasks: list[str], items: list[tuple[str, Optional[str]]]) -> dict[tuple[str, str], list[str]]:
+        """Tasks by (source, adapter route): one backbone pass each; after checking that
+        every task accepts these inputs."""
         if not tasks:
             raise InputError(422, "no_tasks", "give at least one task")
-        by_source: dict[str, list[str]] = {}
+        groups: dict[tuple[str, str], list[str]] = {}
         for t in dict.fromkeys(tasks):
-            by_source.setdefault(self.task_source(t), []).append(t)
+            groups.setdefault((self.task_source(t), self.route(t)), []).append(t)
             check_items(items, self.task_kind(t), self.limits, f"task {t!r}")
-        return by_source
+        return groups
 
     def features(self, source: str, items: list[tuple[str, Optional[str]]]) -> Features:
         src = self.spec["sources"][source]
@@ -170,82 +178,43 @@ class Preprocessor:
             words = word_ids = None
             truncated = [bool(e.overflowing) for e in enc.encodings]
         types = enc.get("token_type_ids")
-        return Features(source, src["kind"], enc["input_ids"], types, texts, truncated, word_ids, words)
+        return Features(source, src["kind"], self.tokenizer.pad_token_id, enc["input_ids"], types, texts, truncated,
+                        word_ids, words)
 
 
 class EncoderRunner:
-    """The shared encoder: one forward pass for a whole (possibly merged) batch."""
+    """The backbone: one ``MultiTaskModel.encode`` for a whole (possibly merged) batch."""
 
-    def __init__(self, encoder: torch.nn.Module, pooling: str):
-        self.encoder, self.pooling = encoder.eval(), pooling
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
 
     @torch.inference_mode()
-    def encode(self, feats: Features, need_hidden: bool) -> Encoded:
-        from ecomtl.model.multitask import pool
-
-        n, width = len(feats.input_ids), max(len(x) for x in feats.input_ids)
-        ids = torch.zeros((n, width), dtype=torch.long)  # pad id is irrelevant under the mask
-        mask = torch.zeros((n, width), dtype=torch.long)
-        types = torch.zeros((n, width), dtype=torch.long) if feats.token_type_ids is not None else None
-        for i, row in enumerate(feats.input_ids):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-            if types is not None:
-                types[i, : len(row)] = torch.tensor(feats.token_type_ids[i])
-        kwargs = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            kwargs["token_type_ids"] = types
-        hidden = self.encoder(**kwargs).last_hidden_state.float()
-        pooled = pool(hidden, mask, self.pooling).numpy()
-        rows = [hidden[i, : len(r)].numpy() for i, r in enumerate(feats.input_ids)] if need_hidden else None
-        return Encoded(pooled, rows)
+    def encode(self, feats: Features, route: str, need_hidden: bool) -> Encoded:
+        enc = self.model.encode(feats.batch(), route).float()
+        # token states only travel (between Serve replicas) when a token head reads them
+        return enc if need_hidden else Encoded(enc.pooled, None, enc.mask)
 
 
 class HeadRunner:
-    """Task heads → JSON-ready predictions."""
+    """Encodings → JSON-ready predictions through ``MultiTaskModel.apply``."""
 
-    def __init__(self, heads: dict[str, torch.nn.Module]):
-        self.heads = {t: h.eval() for t, h in heads.items()}
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
 
     def needs_hidden(self, tasks: Iterable[str]) -> bool:
-        return any(self.heads[t].level == "token" for t in tasks)
+        return any(self.model.heads[t].level == "token" for t in tasks)
 
     @torch.inference_mode()
     def predict(self, task: str, enc: Encoded, feats: Features) -> list[dict]:
-        head = self.heads[task]
-        pooled = torch.tensor(enc.pooled)  # a copy: arrays from Ray's object store are read-only
-        hidden = None
-        if head.level == "token":
-            width = max(len(h) for h in enc.hidden)
-            hidden = torch.zeros((len(enc.hidden), width, pooled.shape[-1]))
-            for i, h in enumerate(enc.hidden):
-                hidden[i, : len(h)] = torch.tensor(h)
-        preds = head.predict(head(pooled, hidden), word_ids=feats.word_ids, words=feats.words, texts=feats.texts)
+        head = self.model.heads[task]
+        out = self.model.apply(enc, feats.batch(), [task])[task]
+        preds = head.predict(out.float(), word_ids=feats.word_ids, words=feats.words, texts=feats.texts)
         names = head.label_info.get("names")
         for p, cut in zip(preds, feats.truncated):
             p["truncated"] = cut
             if feats.kind == "pair" and names == ["0", "1"]:
                 p["match_probability"] = p["probabilities"]["1"]  # "same product" for matching
         return preds
-
-
-def heads_from_bundle(path: Union[str, Path], spec: dict, tasks: Iterable[str]) -> dict[str, torch.nn.Module]:
-    """Only the named heads' weights, without the encoder: what a head deployment holds."""
-    import json
-
-    from safetensors import safe_open
-
-    path = Path(path)
-    hidden = int(json.loads((path / "encoder" / "config.json").read_text())["hidden_size"])
-    heads = {}
-    with safe_open(str(path / "heads.safetensors"), framework="pt") as f:
-        for t in tasks:
-            ts = spec["tasks"][t]
-            head = TASK_HEADS.get(ts["head"])(hidden, ts["labels"], 0.0)  # dropout is off in eval anyway
-            prefix = f"heads.{t}."
-            head.load_state_dict({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
-            heads[t] = head.eval()
-    return heads
 
 
 @dataclass
@@ -262,15 +231,14 @@ class Predictor:
         from ecomtl.model.bundle import load_bundle
 
         b = load_bundle(path)
-        return cls(Preprocessor(b.tokenizer, b.spec, limits), EncoderRunner(b.model.encoder, b.spec["pooling"]),
-                   HeadRunner(dict(b.model.heads.items())), b.spec)
+        return cls(Preprocessor(b.tokenizer, b.spec, limits), EncoderRunner(b.model), HeadRunner(b.model), b.spec)
 
     def predict(self, tasks: list[str], inputs: Any) -> dict[str, list[dict]]:
         items = normalize_items(inputs)
         out = {}
-        for source, names in self.pre.group(tasks, items).items():
+        for (source, route), names in self.pre.group(tasks, items).items():
             feats = self.pre.features(source, items)
-            enc = self.encoder.encode(feats, self.heads.needs_hidden(names))
+            enc = self.encoder.encode(feats, route, self.heads.needs_hidden(names))
             for t in names:
                 out[t] = self.heads.predict(t, enc, feats)
         return out
@@ -281,14 +249,12 @@ def untrained_bundle(cfg, dst: Union[str, Path], root: Optional[str] = None) -> 
     training): for throughput benchmarks and tests. Label spaces come from the train
     split; ``auto`` token lengths fall back to 128 instead of scanning the data."""
     from ecomtl.data.prepare import fit_label_infos
+    from ecomtl.model.build import build_model, load_tokenizer
     from ecomtl.model.bundle import save_bundle
-    from ecomtl.model.encoder import load_encoder, load_tokenizer
-    from ecomtl.model.multitask import MultiTaskModel
 
     torch.manual_seed(cfg.training.seed)
     tok = load_tokenizer(cfg.model)
     infos = fit_label_infos(cfg, root or cfg.resolved_data_root())
-    specs = {t: {"head": tc.head, "labels": infos[t]} for t, tc in cfg.tasks.items()}
-    model = MultiTaskModel(load_encoder(cfg.model, len(tok)), specs, cfg.model.pooling, cfg.model.dropout)
+    model = build_model(cfg, infos, tok)
     lengths = {s: (v.max_length if isinstance(v.max_length, int) else 128) for s, v in cfg.sources.items()}
     return save_bundle(dst, model, tok, cfg, infos, lengths, {"untrained": True})

@@ -26,7 +26,8 @@ from typing import Awaitable, Callable, Optional, TypeVar
 
 from ray import serve
 
-from ecomtl.model.predictor import (EncoderRunner, Features, HeadRunner, Limits, Preprocessor, heads_from_bundle)
+from ecomtl.model.bundle import load_bundle, read_spec
+from ecomtl.model.predictor import EncoderRunner, Features, HeadRunner, Limits, Preprocessor
 from ecomtl.serve.schemas import Batching
 
 log = logging.getLogger("ray.serve")
@@ -34,24 +35,23 @@ T = TypeVar("T")
 RETRIES = 3  # a replica that dies mid-request (scale-down, crash) costs a retry, not an error
 
 
-def read_spec(bundle: str | Path) -> dict:
-    return json.loads((Path(bundle).expanduser() / "tasks.json").read_text())
-
-
 def load_tokenizer(bundle: str | Path):
-    from transformers import AutoTokenizer
+    """The bundle's tokenizer with its backbone's pad policy (no model weights read)."""
+    from ecomtl.config.load import config_from_dict
+    from ecomtl.model.build import load_tokenizer as backbone_tokenizer
+    import yaml
 
-    return AutoTokenizer.from_pretrained(Path(bundle).expanduser() / "encoder")
+    path = Path(bundle).expanduser()
+    cfg = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+    return backbone_tokenizer(cfg.model, str(path / "backbone"))
 
 
-def load_encoder_runner(bundle: str | Path, spec: dict, torch_threads: Optional[int]) -> EncoderRunner:
+def load_encoder_runner(bundle: str | Path, torch_threads: Optional[int]) -> EncoderRunner:
     import torch
-    from transformers import AutoModel
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    encoder = AutoModel.from_pretrained(Path(bundle).expanduser() / "encoder", use_safetensors=True)
-    return EncoderRunner(encoder, spec["pooling"])
+    return EncoderRunner(load_bundle(bundle).model)
 
 
 def replica_died(err: BaseException) -> bool:
@@ -77,7 +77,7 @@ async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
 
 
 def encoder_rows(calls: list) -> int:
-    return sum(len(feats.input_ids) for feats, _ in calls)
+    return sum(len(feats.input_ids) for feats, _, _ in calls)
 
 
 def item_rows(calls: list) -> int:
@@ -95,23 +95,32 @@ class Encoder:
     concurrent calls (from any head, any source) into a single forward pass."""
 
     def __init__(self, bundle: str, batching: Batching, torch_threads: Optional[int] = None):
-        self.runner = load_encoder_runner(bundle, read_spec(bundle), torch_threads)
+        self.runner = load_encoder_runner(bundle, torch_threads)
         configure_batching(self.encode, batching)
 
-    async def __call__(self, feats: Features, need_hidden: bool):
-        return await self.encode((feats, need_hidden))
+    async def __call__(self, feats: Features, route: str, need_hidden: bool):
+        return await self.encode((feats, route, need_hidden))
 
     # Batches count texts (rows), not calls: one 32-text request weighs 32 single-text
     # ones. Limits are reset from the args in __init__.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=encoder_rows)
-    async def encode(self, calls: list[tuple[Features, bool]]):
-        merged = Features.concat([f for f, _ in calls])
-        # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
-        enc = await asyncio.to_thread(self.runner.encode, merged, any(h for _, h in calls))
-        out, start = [], 0
-        for feats, _ in calls:
-            out.append(enc.rows(start, start + len(feats.input_ids)))
-            start += len(feats.input_ids)
+    async def encode(self, calls: list[tuple[Features, str, bool]]):
+        # Only calls of one input kind and one adapter route can share a forward pass:
+        # one pass per group, results back in call order.
+        groups: dict[tuple, list[int]] = {}
+        for i, (feats, route, _) in enumerate(calls):
+            groups.setdefault((feats.merge_key(), route), []).append(i)
+        out: list = [None] * len(calls)
+        for (_, route), members in groups.items():
+            merged = Features.concat([calls[i][0] for i in members])
+            need_hidden = any(calls[i][2] for i in members)
+            # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
+            enc = await asyncio.to_thread(self.runner.encode, merged, route, need_hidden)
+            start = 0
+            for i in members:
+                n = len(calls[i][0].input_ids)
+                out[i] = enc.rows(start, start + n)
+                start += n
         return out
 
 
@@ -122,13 +131,15 @@ class Head:
 
     def __init__(self, bundle: str, task: str, encoder, batching: Batching, torch_threads: Optional[int] = None):
         spec = read_spec(bundle)
-        self.task, self.source = task, spec["tasks"][task]["source"]
+        self.task, self.source, self.route = task, spec["tasks"][task]["source"], spec["routes"][task]
         self.pre = Preprocessor(load_tokenizer(bundle), spec)
-        self.heads = HeadRunner(heads_from_bundle(bundle, spec, [task]))
-        self.need_hidden = self.heads.needs_hidden([task])
         # naive layout: no shared encoder, a private full copy in this replica
         self.encoder = encoder
-        self.local = load_encoder_runner(bundle, spec, torch_threads) if encoder is None else None
+        self.local = load_encoder_runner(bundle, torch_threads) if encoder is None else None
+        # the sharing layer and heads: the whole bundle minus the backbone, or the local copy
+        self.heads = HeadRunner(load_bundle(bundle, with_backbone=False).model if self.local is None
+                                else self.local.model)
+        self.need_hidden = self.heads.needs_hidden([task])
         self.forward_lock = asyncio.Lock()  # naive: one forward at a time, tokenising may overlap
         configure_batching(self.predict_batch, batching)
 
@@ -141,9 +152,9 @@ class Head:
         feats = self.pre.features(self.source, [x for items in calls for x in items])
         if self.local is not None:
             async with self.forward_lock:
-                enc = await asyncio.to_thread(self.local.encode, feats, self.need_hidden)
+                enc = await asyncio.to_thread(self.local.encode, feats, self.route, self.need_hidden)
         else:
-            enc = await with_retry(lambda: self.encoder.remote(feats, self.need_hidden))
+            enc = await with_retry(lambda: self.encoder.remote(feats, self.route, self.need_hidden))
         preds = self.heads.predict(self.task, enc, feats)
         out, start = [], 0
         for items in calls:

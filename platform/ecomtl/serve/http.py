@@ -104,21 +104,21 @@ class Ingress:
               summary="several tasks on the same inputs; the encoder runs once per source")
     async def predict_many(self, body: PredictRequest) -> PredictResponse:
         items = body.items()
-        by_source = self.pre.group(body.tasks, items)
+        groups = self.pre.group(body.tasks, items)
         if self.encoder is None:  # naive: every task deployment runs its own encoder
-            calls = {t: with_retry(lambda t=t: self.heads[t].predict.remote(items)) for ts in by_source.values() for t in ts}
+            calls = {t: with_retry(lambda t=t: self.heads[t].predict.remote(items)) for ts in groups.values() for t in ts}
         else:
             calls = {}
-            for source, names in by_source.items():
+            for (source, route), names in groups.items():
                 feats = self.pre.features(source, items)
                 need_hidden = any(TASK_HEADS.get(self.spec["tasks"][t]["head"]).level == "token" for t in names)
-                shared = self.encoder.remote(feats, need_hidden)  # one encoder call for all of them
+                shared = self.encoder.remote(feats, route, need_hidden)  # one backbone call for all of them
                 for t in names:
-                    calls[t] = self._apply(t, shared, feats, need_hidden)
+                    calls[t] = self._apply(t, shared, feats, route, need_hidden)
         results = await asyncio.gather(*calls.values())
         return PredictResponse(predictions=dict(zip(calls, results)))
 
-    async def _apply(self, task: str, shared, feats, need_hidden: bool) -> list[dict]:
+    async def _apply(self, task: str, shared, feats, route: str, need_hidden: bool) -> list[dict]:
         """The head reads the encoder's result straight from the object store (the
         ingress never holds it); if a replica died, redo both calls."""
         try:
@@ -126,4 +126,4 @@ class Ingress:
         except Exception as err:
             if not replica_died(err):
                 raise
-            return await with_retry(lambda: self.heads[task].apply.remote(self.encoder.remote(feats, need_hidden), feats))
+            return await with_retry(lambda: self.heads[task].apply.remote(self.encoder.remote(feats, route, need_hidden), feats))

@@ -4,12 +4,15 @@ subclasses ``TaskHead`` and registers itself in ``TASK_HEADS``."""
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ecomtl.registry import Registry
+from ecomtl.registry import Plugin, Registry
+
+if TYPE_CHECKING:
+    from ecomtl.model.multitask import Encoded
 
 TASK_HEADS: Registry[type["TaskHead"]] = Registry("task head")
 IGNORE = -100  # label value that contributes no loss and no metric
@@ -23,7 +26,7 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-class TaskHead(nn.Module):
+class TaskHead(Plugin, nn.Module):
     #: which source kinds the head accepts: "text", "pair", "tokens"
     input_kinds: ClassVar[tuple[str, ...]]
     #: "sequence" heads read the pooled vector, "token" heads every token state
@@ -33,11 +36,11 @@ class TaskHead(nn.Module):
     #: what a missing label is stored as
     ignore_value: ClassVar[Any] = IGNORE
 
-    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, **options):
-        """``options`` are the head's own settings from its task config (e.g.
-        ``class_balance``); heads ignore what they do not use."""
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, options: Optional[dict] = None):
+        """``options``: the task config's ``options``, validated by this head's ``Options``."""
         super().__init__()
         self.label_info = label_info
+        self.options = self.Options.model_validate(options or {})
 
     # -- labels -----------------------------------------------------------------------
     @classmethod
@@ -51,14 +54,17 @@ class TaskHead(nn.Module):
         raise NotImplementedError
 
     # -- model ------------------------------------------------------------------------
-    def forward(self, pooled: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, encoded: "Encoded", batch: Mapping[str, Any]) -> torch.Tensor:
+        """``encoded``: pooled vectors, token states and mask; ``batch``: the collated
+        batch with any row metadata a head needs (group ids, target token ids, ...)."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[Mapping] = None) -> torch.Tensor:
         raise NotImplementedError
 
     # -- evaluation ---------------------------------------------------------------------
-    def gold_and_pred(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[Any, Any]]:
+    def gold_and_pred(self, logits: torch.Tensor, labels: torch.Tensor,
+                      batch: Optional[Mapping] = None) -> list[tuple[Any, Any]]:
         """Per example (gold, prediction) in the head's own plain-Python form; examples
         whose label is missing are left out."""
         raise NotImplementedError

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -29,13 +30,22 @@ def _sort_key(name: str):
         return (1, 0.0, name)
 
 
+class ClassificationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    class_balance: Literal["none", "sqrt", "inverse"] = Field(
+        "none", description="weight classes by train frequency^-1/2 or ^-1 (helps macro-F1)")
+
+
 @TASK_HEADS.register("classification")
 class ClassificationHead(TaskHead):
-    input_kinds = ("text", "pair")
+    """One label per text or text pair (softmax over the train split's classes)."""
 
-    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, class_balance: str = "none",
-                 **options):
-        super().__init__(hidden_size, label_info, dropout)
+    input_kinds = ("text", "pair")
+    Options = ClassificationOptions
+
+    def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, options: Optional[dict] = None):
+        super().__init__(hidden_size, label_info, dropout, options)
+        class_balance = self.options.class_balance
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, len(label_info["names"]))
         weights = None
@@ -67,16 +77,16 @@ class ClassificationHead(TaskHead):
         except ValueError:
             return None, "unknown_label"
 
-    def forward(self, pooled, hidden):
-        return self.out(self.dropout(pooled))
+    def forward(self, encoded, batch):
+        return self.out(self.dropout(encoded.pooled))
 
-    def loss(self, logits, labels):
+    def loss(self, logits, labels, batch=None):
         mask = (labels != IGNORE).float()
         per_item = F.cross_entropy(logits.float(), labels.clamp(min=0), weight=self.class_weights,
                                    reduction="none")
         return guarded_mean(per_item, mask, logits)
 
-    def gold_and_pred(self, logits, labels):
+    def gold_and_pred(self, logits, labels, batch=None):
         pred = logits.argmax(-1).tolist()
         return [(g, p) for g, p in zip(labels.tolist(), pred) if g != IGNORE]
 

@@ -13,12 +13,14 @@ from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing
 
 @TASK_HEADS.register("regression")
 class RegressionHead(TaskHead):
+    """One number per text (standardised squared error; RMSE, MAE, R²)."""
+
     input_kinds = ("text", "pair")
     label_dtype = torch.float32
     ignore_value = float("nan")
 
-    def __init__(self, hidden_size, label_info, dropout=0.1, **options):
-        super().__init__(hidden_size, label_info, dropout)
+    def __init__(self, hidden_size, label_info, dropout=0.1, options=None):
+        super().__init__(hidden_size, label_info, dropout, options)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, 1)
 
@@ -41,10 +43,10 @@ class RegressionHead(TaskHead):
             return None, "unknown_label"
         return (v - info["mean"]) / info["std"], None
 
-    def forward(self, pooled, hidden):
-        return self.out(self.dropout(pooled)).squeeze(-1)
+    def forward(self, encoded, batch):
+        return self.out(self.dropout(encoded.pooled)).squeeze(-1)
 
-    def loss(self, logits, labels):
+    def loss(self, logits, labels, batch=None):
         mask = (~torch.isnan(labels)).float()
         per_item = (logits.float() - torch.nan_to_num(labels)) ** 2
         return guarded_mean(per_item, mask, logits)
@@ -52,7 +54,7 @@ class RegressionHead(TaskHead):
     def _denorm(self, x):
         return x * self.label_info["std"] + self.label_info["mean"]
 
-    def gold_and_pred(self, logits, labels):
+    def gold_and_pred(self, logits, labels, batch=None):
         return [
             (self._denorm(g), self._denorm(p))
             for g, p in zip(labels.tolist(), logits.float().tolist())

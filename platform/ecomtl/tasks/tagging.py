@@ -18,11 +18,13 @@ from ecomtl.tasks.spans import bio_spans, entity_prf
 
 @TASK_HEADS.register("tagging")
 class TaggingHead(TaskHead):
+    """BIO tags over pre-split words (attribute extraction); strict entity P/R/F1."""
+
     input_kinds = ("tokens",)
     level = "token"
 
-    def __init__(self, hidden_size, label_info, dropout=0.1, **options):
-        super().__init__(hidden_size, label_info, dropout)
+    def __init__(self, hidden_size, label_info, dropout=0.1, options=None):
+        super().__init__(hidden_size, label_info, dropout, options)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, len(label_info["names"]))
 
@@ -51,10 +53,10 @@ class TaggingHead(TaskHead):
         except KeyError:
             return None, "unknown_label"
 
-    def forward(self, pooled, hidden):
-        return self.out(self.dropout(hidden))
+    def forward(self, encoded, batch):
+        return self.out(self.dropout(encoded.hidden))
 
-    def loss(self, logits, labels):
+    def loss(self, logits, labels, batch=None):
         flat_labels = labels.reshape(-1)
         mask = (flat_labels != IGNORE).float()
         per_item = F.cross_entropy(
@@ -62,7 +64,7 @@ class TaggingHead(TaskHead):
         )
         return guarded_mean(per_item, mask, logits)
 
-    def gold_and_pred(self, logits, labels):
+    def gold_and_pred(self, logits, labels, batch=None):
         names = self.label_info["names"]
         pred = logits.argmax(-1)
         out = []

@@ -30,8 +30,8 @@ from ecomtl.data.prepare import PreparedData
 from ecomtl.data.sampling import ShardedBatches, build_sampler
 from ecomtl.evaluation import AGGREGATE, eval_rows, flatten, predict_pairs, task_metrics
 from ecomtl.model.bundle import write_bundle_files
-from ecomtl.model.encoder import load_encoder, load_tokenizer
-from ecomtl.model.multitask import MultiTaskModel
+from ecomtl.model.build import build_model, load_tokenizer
+from ecomtl.model.multitask import to_device
 from ecomtl.train.deepspeed_config import deepspeed_config, use_bf16
 from ecomtl.train.optim import build_optimizer, build_scheduler
 from ecomtl.train.progress import Progress
@@ -44,147 +44,199 @@ DS_DIR, DS_TAG, BUNDLE_DIR = "deepspeed", "state", "bundle"
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
-    import ray.train
-    import torch.distributed as dist
+    TrainingRun(config).run()
 
-    cfg = ExperimentConfig.model_validate(config["experiment"])
-    data: PreparedData = config["data"]
-    if not isinstance(data, PreparedData):  # an ObjectRef from the driver
-        import ray
 
-        data = ray.get(data)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    on_gpu = torch.cuda.is_available() and cfg.distributed.use_gpu is not False
-    if not on_gpu:
-        torch.set_num_threads(cfg.distributed.cpus_per_worker)
-    torch.manual_seed(cfg.training.seed)
+class TrainingRun:
+    """One worker's share of a run, in the order it happens: ``__init__`` sets up
+    (config, data, model, engine, sampler, resume), ``run`` alternates ``train_step`` and,
+    every ``eval_every`` steps, ``evaluate`` + ``save_and_report``."""
 
-    tokenizer = load_tokenizer(cfg.model)
-    specs = {t: {"head": task.head, "labels": data.label_infos[t], "options": {"class_balance": task.class_balance}}
-             for t, task in cfg.tasks.items()}
-    model = MultiTaskModel(load_encoder(cfg.model, len(tokenizer)), specs, cfg.model.pooling, cfg.model.dropout)
-    optimizer = build_optimizer(model, cfg, on_gpu)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=build_scheduler(optimizer, cfg),
-        config=deepspeed_config(cfg, on_gpu),
-    )
-    device = engine.device
-    autocast = torch.bfloat16 if use_bf16(cfg, on_gpu) else None
-    weighting = WEIGHTINGS.get(cfg.weighting.kind)(cfg)
+    def __init__(self, config: dict):
+        import ray.train
 
-    by_source = cfg.task_names_by_source()
-    streamed = cfg.data.engine == "ray_data"
-    sizes = config["train_sizes"] if streamed else {s: len(d) for s, d in data.splits["train"].items()}
-    sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
-                            cfg.sampling.weights)
-    label_dtypes = {t: model.heads[t].label_dtype for t in cfg.tasks}
-    pad_id = tokenizer.pad_token_id
+        self.cfg = cfg = ExperimentConfig.model_validate(config["experiment"])
+        self.data = self._data(config)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.on_gpu = torch.cuda.is_available() and cfg.distributed.use_gpu is not False
+        if not self.on_gpu:
+            torch.set_num_threads(cfg.distributed.cpus_per_worker)
+        torch.manual_seed(cfg.training.seed)
+        self._setup_model()
+        self.by_source = cfg.task_names_by_source()
+        self.specs = {t: {"head": task.head, "labels": self.data.label_infos[t]} for t, task in cfg.tasks.items()}
+        streamed = cfg.data.engine == "ray_data"
+        sizes = config["train_sizes"] if streamed else {s: len(d) for s, d in self.data.splits["train"].items()}
+        self.sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
+                                     cfg.sampling.weights)
+        self.label_dtypes = {t: self.model.heads[t].label_dtype for t in cfg.tasks}
+        self.pad_id = self.tokenizer.pad_token_id
+        self.state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in cfg.sources}, "best": -math.inf,
+                      "bad_evals": 0, "history": []}
+        self._resume()
+        self.next_batch = _batch_source(cfg, self.data, config, self.state, self.rank, self.world, self.device,
+                                        self.pad_id, self.label_dtypes)
+        self.progress = Progress(cfg.training.steps, self.state["step"], self.world, self.model.backbone, self.on_gpu)
 
-    state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in cfg.sources}, "best": -math.inf,
-             "bad_evals": 0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    # -- setup ----------------------------------------------------------------------------
+    @staticmethod
+    def _data(config: dict) -> PreparedData:
+        data = config["data"]
+        if not isinstance(data, PreparedData):  # an ObjectRef from the driver
+            import ray
+
+            data = ray.get(data)
+        return data
+
+    def _setup_model(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = build_model(cfg, self.data.label_infos, self.tokenizer)
+        optimizer = build_optimizer(self.model, cfg, self.on_gpu)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg),
+            config=deepspeed_config(cfg, self.on_gpu),
+        )
+        self.device = self.engine.device
+        self.autocast = torch.bfloat16 if use_bf16(cfg, self.on_gpu) else None
+        self.weighting = WEIGHTINGS.get(cfg.weighting.kind)(cfg)
+
+    def _resume(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return
         with checkpoint.as_directory() as d:
-            engine.load_checkpoint(os.path.join(d, DS_DIR), tag=DS_TAG)
-            state = json.loads(Path(d, STATE_FILE).read_text())
-            weighting.load_state_dict(state.get("weighting", {}))
-        if rank == 0:
-            log.info("[ecomtl] resumed from checkpoint at step %d", state["step"])
-    next_batch = _batch_source(cfg, data, config, state, rank, world, device, pad_id, label_dtypes)
+            self.engine.load_checkpoint(os.path.join(d, DS_DIR), tag=DS_TAG)
+            self.state = json.loads(Path(d, STATE_FILE).read_text())
+            self.weighting.load_state_dict(self.state.get("weighting", {}))
+        if self.rank == 0:
+            log.info("[ecomtl] resumed from checkpoint at step %d", self.state["step"])
 
-    def evaluate() -> dict:
-        pairs = {}
-        for source, tasks in by_source.items():
-            val = data.splits["validation"][source]
+    # -- one optimizer step ------------------------------------------------------------------
+    def train_step(self) -> None:
+        """``grad_accum`` micro-steps, each on one source (the same on every rank)."""
+        state = self.state
+        for _ in range(self.cfg.training.grad_accum):
+            source = self.sampler.source_at(state["micro"])
+            state["micro"] += 1
+            batch, real = self.next_batch(source)
+            state["source_batches"][source] += 1
+            tasks = self.by_source[source]
+            batch = to_device(batch, self.device)
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                losses = self.model.losses(self.engine(batch, tasks), batch)
+                loss = self.weighting.combine(losses, state["step"])
+                if not real:  # this rank's stream is spent for the epoch; others' are not
+                    loss = loss * 0.0
+            self.engine.backward(loss)
+            self.engine.step()
+            mask = batch["attention_mask"]
+            self.progress.add({t: v.detach() for t, v in losses.items()}, len(mask) if real else 0, mask.shape[1],
+                              int(mask.sum()) if real else 0)
+        state["step"] += 1
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Every rank scores its share of validation; pairs are all-gathered, so every
+        rank (and rank 0's report to Tune) sees the metrics of the whole sample."""
+        import torch.distributed as dist
+
+        cfg, pairs = self.cfg, {}
+        for source, tasks in self.by_source.items():
+            val = self.data.splits["validation"][source]
             rows = eval_rows(val, cfg.training.eval_max_rows, seed=cfg.training.seed)
-            per_rank = math.ceil(len(rows) / world)
+            per_rank = math.ceil(len(rows) / self.world)
             eval_bs = cfg.training.batch_size * 2
-            local = predict_pairs(engine.module, val, tasks, rows[rank::world], eval_bs, pad_id, device,
-                                  n_batches=math.ceil(per_rank / eval_bs), autocast_dtype=autocast)
-            if world > 1:
-                gathered = [None] * world
+            local = predict_pairs(self.engine.module, val, tasks, rows[self.rank::self.world], eval_bs, self.pad_id,
+                                  self.device, n_batches=math.ceil(per_rank / eval_bs), autocast_dtype=self.autocast)
+            if self.world > 1:
+                gathered = [None] * self.world
                 dist.all_gather_object(gathered, local)
                 local = {t: [p for part in gathered for p in part[t]] for t in tasks}
             pairs.update(local)
-        return task_metrics(pairs, specs)
+        return task_metrics(pairs, self.specs)
 
-    def save_and_report(metrics: dict, timing: dict) -> None:
-        # wall-clock marks (``timing/``, reported but not kept in the bundle): a sweep
-        # measures its per-trial overhead outside the training steps from them
+    def track_best(self, metrics: dict) -> tuple[float, bool]:
+        """The aggregate score, and whether early stopping ends the run now."""
+        state, step = self.state, self.state["step"]
+        score = sum(m["score"] for m in metrics.values()) / len(metrics)
+        if score > state["best"] + 1e-6:
+            state["best"], state["bad_evals"] = score, 0
+        else:
+            state["bad_evals"] += 1
+        patience = self.cfg.training.early_stopping_patience
+        stop = bool(patience and state["bad_evals"] >= patience and step < self.cfg.training.steps)
+        state["stopped_early"] = stop
+        if self.rank == 0:
+            summary = " ".join(f"{t} {m['score']:.3f}" for t, m in metrics.items())
+            log.info(f"[ecomtl] eval step {step} | {AGGREGATE} {score:.4f} (best {state['best']:.4f}) | {summary}"
+                     + (" | early stop" if stop else ""))
+        return score, stop
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def save_and_report(self, metrics: dict, timing: dict) -> None:
+        """DeepSpeed shards from every rank + a complete bundle from rank 0, one report.
+        ``timing/`` marks are reported but not kept in the bundle: a sweep measures its
+        per-trial overhead outside the training steps from them."""
+        import deepspeed
+        import ray.train
+
+        state = self.state
         timing = timing | {"timing/report_start": time.time()}
         flat = flatten(metrics) | {"step": state["step"]}
         state["history"].append({"kind": "eval", **flat})
-        tmp = Path(tempfile.mkdtemp(prefix=f"ecomtl-ckpt-r{rank}-"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"ecomtl-ckpt-r{self.rank}-"))
         try:
-            engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG)
-            state["weighting"] = weighting.state_dict()
-            if cfg.distributed.zero_stage == 3:
-                with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-                    _write_rank0(tmp, rank, engine.module, tokenizer, cfg, data, flat, state)
+            self.engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG)
+            state["weighting"] = self.weighting.state_dict()
+            if self.cfg.distributed.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                    self._write_rank0(tmp, flat)
             else:
-                _write_rank0(tmp, rank, engine.module, tokenizer, cfg, data, flat, state)
+                self._write_rank0(tmp, flat)
             ray.train.report(flat | timing, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"step_{state['step']:07d}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    progress = Progress(cfg.training.steps, state["step"], world, engine.module.encoder, on_gpu)
-    accum = cfg.training.grad_accum
-    engine.train()
-    stopped_early = False
-    loop_start, train_s = time.time(), 0.0
-    while state["step"] < cfg.training.steps and not stopped_early:
-        t_step = time.perf_counter()
-        step_losses: dict[str, float] = {}
-        for _ in range(accum):
-            source = sampler.source_at(state["micro"])
-            state["micro"] += 1
-            batch, real = next_batch(source)
-            state["source_batches"][source] += 1
-            tasks = by_source[source]
-            with torch.autocast(device_type=device.type, dtype=autocast, enabled=autocast is not None):
-                logits = engine(
-                    batch["input_ids"].to(device), batch["attention_mask"].to(device), tasks,
-                    token_type_ids=batch["token_type_ids"].to(device) if "token_type_ids" in batch else None,
-                )
-                losses = {t: model.heads[t].loss(logits[t], batch["labels"][t].to(device)) for t in tasks}
-                loss = weighting.combine(losses, state["step"])
-                if not real:  # this rank's stream is spent for the epoch; others' are not
-                    loss = loss * 0.0
-            engine.backward(loss)
-            engine.step()
-            step_losses.update({t: v.item() for t, v in losses.items()})
-            progress.add({t: v for t, v in step_losses.items() if t in tasks}, len(batch["input_ids"]) if real else 0,
-                         batch["input_ids"].shape[1], int(batch["attention_mask"].sum()))
-        state["step"] += 1
-        train_s += time.perf_counter() - t_step
-        step = state["step"]
-        if step % cfg.training.log_every == 0 or step == cfg.training.steps:
-            text, record = progress.line(step, scheduler.get_last_lr()[0])
-            state["history"].append({"kind": "train", **record})
-            if rank == 0:
-                log.info("[ecomtl] %s", text)
-        if step % cfg.training.eval_every == 0 or step == cfg.training.steps:
-            t_eval = time.perf_counter()
-            metrics = evaluate()
-            score = sum(m["score"] for m in metrics.values()) / len(metrics)
-            if score > state["best"] + 1e-6:
-                state["best"], state["bad_evals"] = score, 0
-            else:
-                state["bad_evals"] += 1
-            patience = cfg.training.early_stopping_patience
-            stopped_early = bool(patience and state["bad_evals"] >= patience and step < cfg.training.steps)
-            state["stopped_early"] = stopped_early
-            if rank == 0:
-                summary = " ".join(f"{t} {m['score']:.3f}" for t, m in metrics.items())
-                log.info(f"[ecomtl] eval step {step} | {AGGREGATE} {score:.4f} (best {state['best']:.4f}) | {summary}"
-                         + (" | early stop" if stopped_early else ""))
-            save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
-                                      "timing/eval_s": time.perf_counter() - t_eval})
+    def _write_rank0(self, tmp: Path, flat: dict) -> None:
+        if self.rank != 0:
+            return
+        bundle = tmp / BUNDLE_DIR
+        bundle.mkdir()
+        write_bundle_files(bundle, self.engine.module, self.tokenizer, self.cfg, self.data.label_infos,
+                           self.data.max_lengths, flat)
+        Path(tmp, STATE_FILE).write_text(json.dumps(self.state, default=float))
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.engine.train()
+        loop_start, train_s = time.time(), 0.0
+        while state["step"] < cfg.training.steps:
+            t_step = time.perf_counter()
+            self.train_step()
+            train_s += time.perf_counter() - t_step
+            step = state["step"]
+            last = step == cfg.training.steps
+            if step % cfg.training.log_every == 0 or last:
+                text, record = self.progress.line(step, self.scheduler.get_last_lr()[0])
+                state["history"].append({"kind": "train", **record})
+                if self.rank == 0:
+                    log.info("[ecomtl] %s", text)
+            if step % cfg.training.eval_every == 0 or last:
+                t_eval = time.perf_counter()
+                metrics = self.evaluate()
+                _, stop = self.track_best(metrics)
+                self.save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
+                                               "timing/eval_s": time.perf_counter() - t_eval})
+                if stop:
+                    break
 
 
 def batch_size(cfg: ExperimentConfig, source: str) -> int:
@@ -224,12 +276,3 @@ def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int,
         return collate(train[source], rows, pad_id, label_dtypes), True
 
     return next_batch
-
-
-def _write_rank0(tmp: Path, rank: int, model, tokenizer, cfg, data: PreparedData, flat: dict, state: dict) -> None:
-    if rank != 0:
-        return
-    bundle = tmp / BUNDLE_DIR
-    bundle.mkdir()
-    write_bundle_files(bundle, model, tokenizer, cfg, data.label_infos, data.max_lengths, flat)
-    Path(tmp, STATE_FILE).write_text(json.dumps(state, default=float))

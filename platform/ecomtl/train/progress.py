@@ -21,7 +21,7 @@ def peak_tflops(on_gpu: bool) -> float | None:
 def flops_per_token(encoder, seq_len: float) -> float:
     """nanoGPT's estimate for a training step: 6·N (non-embedding params) + 12·L·d·S."""
     cfg = encoder.config
-    n = sum(p.numel() for name, p in encoder.named_parameters() if "embeddings" not in name)
+    n = sum(p.numel() for name, p in encoder.named_parameters() if "embed" not in name and "lm_head" not in name)
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
@@ -41,7 +41,9 @@ class Progress:
         self.window_samples = 0
         self._fpt_cache: dict[int, float] = {}
 
-    def add(self, losses: dict[str, float], batch_size: int, seq_len: int, real_tokens: int) -> None:
+    def add(self, losses: dict[str, torch.Tensor], batch_size: int, seq_len: int, real_tokens: int) -> None:
+        """``losses``: detached tensors, read only when a line is printed: a ``.item()``
+        per micro-step would wait for the device every step."""
         for t, v in losses.items():
             self.losses[t].append(v)
         n = batch_size * self.world
@@ -59,7 +61,7 @@ class Progress:
         rate = self.samples / elapsed if elapsed else 0.0
         eta = elapsed / done * (self.total - step) if done else 0.0
         tflops = self.flops / elapsed / 1e12 if elapsed else 0.0
-        losses = {t: sum(v) / len(v) for t, v in sorted(self.losses.items())}
+        losses = {t: float(torch.stack(v).float().mean()) for t, v in sorted(self.losses.items())}
         loss_txt = " ".join(f"{t} {v:.3f}" for t, v in losses.items())
         mfu = f" | MFU {100 * tflops / self.peak:.1f}%" if self.peak else ""
         text = (

@@ -62,7 +62,7 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     from ecomtl.data.prepare import prepare_data
     from ecomtl.evaluation import evaluate_bundle
     from ecomtl.model.bundle import copy_bundle
-    from ecomtl.model.encoder import load_tokenizer
+    from ecomtl.model.build import load_tokenizer
     from ecomtl.plots import plot_training
     from ecomtl.ray_env import init_ray
     from ecomtl.report import data_report_table

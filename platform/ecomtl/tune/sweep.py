@@ -183,7 +183,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     import ray
 
     from ecomtl.data.prepare import prepare_data
-    from ecomtl.model.encoder import load_tokenizer
+    from ecomtl.model.build import load_tokenizer
     from ecomtl.ray_env import init_ray
     from ecomtl.report import data_report_table
     from ecomtl.train.trainer import storage_path

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ecomtl.registry import Registry
+from ecomtl.registry import Plugin, Registry
 
 if TYPE_CHECKING:
     from ecomtl.config.schema import ExperimentConfig
@@ -17,12 +17,13 @@ if TYPE_CHECKING:
 WEIGHTINGS: Registry[type["Weighting"]] = Registry("loss weighting")
 
 
-class Weighting:
+class Weighting(Plugin):
     #: gradient-surgery methods need whole per-task gradients, which ZeRO-2/3 partition
     needs_full_gradients: bool = False
 
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg
+        self.options = self.Options.model_validate(cfg.weighting.options)
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:

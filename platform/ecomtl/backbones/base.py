@@ -1,0 +1,95 @@
+"""What every backbone provides. A backbone kind is one file in this package that
+subclasses ``Backbone`` and registers itself in ``BACKBONES``.
+
+A backbone owns a Hugging Face model (maybe with adapters injected), its tokenizer
+policy (pad token, padding side) and pooling; ``MultiTaskModel.encode`` is the only
+caller of ``token_states`` and ``pool``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from ecomtl.registry import Plugin, Registry
+
+BACKBONES: Registry[type["Backbone"]] = Registry("backbone")
+BASE_DIR = "backbone"  # inside a bundle: the base weights, Hugging Face format
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per row. ``last`` takes the last real token (found from the mask, so
+    it is right whatever side the batch was padded on): in a causal decoder it is the
+    only token that has seen the whole text."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":
+        width = mask.shape[1]
+        positions = torch.arange(width, device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class Backbone(Plugin, nn.Module):
+    #: the shape of a randomly initialised model of this kind (``model.tiny``)
+    Tiny: ClassVar[type[BaseModel]]
+    #: accepted ``model.pooling`` values, the default first
+    poolings: ClassVar[tuple[str, ...]]
+    #: whether the model takes ``token_type_ids`` (BERT segments)
+    uses_token_types: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def load_tokenizer(cls, location: str):
+        raise NotImplementedError
+
+    @classmethod
+    def pretrained(cls, location: str) -> nn.Module:
+        """The Hugging Face model from a local directory or hub id (safetensors only)."""
+        raise NotImplementedError
+
+    @classmethod
+    def random(cls, tiny: dict, vocab_size: int, dropout: float) -> nn.Module:
+        raise NotImplementedError
+
+    # -- forward -------------------------------------------------------------------------
+    def token_states(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- saving --------------------------------------------------------------------------
+    def save_base(self, out: Path, tokenizer) -> set[str]:
+        """Write the base model (adapters stripped) so ``from_pretrained`` opens it;
+        returns the state-dict keys (relative to this module) it holds."""
+        from ecomtl.adapters.base import base_state_dict
+
+        base, keys = base_state_dict(self.model)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, state_dict=base, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        return {f"model.{k}" for k in keys}
+
+
+def check_complete(location: str | Path, info: Optional[dict]) -> None:
+    """``from_pretrained`` only logs weights it could not find; a backbone that silently
+    starts from random weights is an error here."""
+    missing = (info or {}).get("missing_keys") or []
+    if missing:
+        raise ValueError(f"{location}: the checkpoint lacks {len(missing)} weight(s), e.g. {sorted(missing)[:3]}")
