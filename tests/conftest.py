@@ -48,3 +48,41 @@ def tiny_cfg(tmp_path, data_root):
     from ecomtl.config.load import load_config
 
     return load_config(CONFIGS / "tiny.yaml", [f"output.storage_path={tmp_path / 'runs'}", f"data_root={data_root}"])
+
+
+@pytest.fixture(scope="session")
+def decoder_tokenizer_dir(tmp_path_factory, data_root) -> str:
+    """A small byte-level BPE tokenizer trained on real titles, saved like a decoder's
+    (an EOS token, *no pad token*): stands in for a Llama/Qwen tokenizer without a hub."""
+    import csv
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    with open(Path(data_root) / "flipkart_titles" / "train.csv", newline="") as f:
+        titles = [row["title"] for _, row in zip(range(3000), csv.DictReader(f))]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(titles, trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  model_input_names=["input_ids", "attention_mask"])
+    assert tok.pad_token is None
+    out = tmp_path_factory.mktemp("decoder_tok")
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def tiny_decoder_cfg(tmp_path, data_root, decoder_tokenizer_dir):
+    """The tiny config on a random Llama with per-task LoRA over a frozen base."""
+    from ecomtl.config.load import load_config
+
+    return load_config(CONFIGS / "tiny.yaml", [
+        f"output.storage_path={tmp_path / 'runs'}", f"data_root={data_root}",
+        "model.backbone=decoder", f"model.pretrained={decoder_tokenizer_dir}",
+        "model.tiny={family: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
+        "num_key_value_heads: 2, intermediate_size: 64}",
+        "model.adapter.kind=lora", "model.adapter.options={r: 4, alpha: 8, dropout: 0.0}",
+    ])

@@ -17,8 +17,7 @@ import torch
 
 from ecomtl.data.prepare import prepare_data
 from ecomtl.model.bundle import BundleError, check_bundle, copy_bundle, load_bundle, save_bundle
-from ecomtl.model.encoder import load_encoder, load_tokenizer
-from ecomtl.model.multitask import MultiTaskModel
+from ecomtl.model.build import build_model, load_tokenizer
 
 PLATFORM = Path(__file__).resolve().parents[2] / "platform"
 
@@ -48,9 +47,8 @@ SLOW_COPY = textwrap.dedent("""
 def two_bundles(tiny_cfg, tmp_path):
     tok = load_tokenizer(tiny_cfg.model)
     data = prepare_data(tiny_cfg, tok, splits=("validation",))
-    specs = {t: {"head": c.head, "labels": data.label_infos[t]} for t, c in tiny_cfg.tasks.items()}
     torch.manual_seed(0)
-    model = MultiTaskModel(load_encoder(tiny_cfg.model, len(tok)), specs).eval()
+    model = build_model(tiny_cfg, data.label_infos, tok).eval()
     old = save_bundle(tmp_path / "bundle", model, tok, tiny_cfg, data.label_infos, data.max_lengths, {"aggregate": 0.1})
     new = save_bundle(tmp_path / "candidate", model, tok, tiny_cfg, data.label_infos, data.max_lengths, {})
     return old, new
