@@ -62,8 +62,19 @@ def test_zero_stage_range_and_unknown_sampler():
     assert "round_robin" in err(base(), ["sampling.kind=zipf"])
 
 
-def test_class_balance_only_for_classification():
-    assert "tasks.stars.class_balance" in err(base(), ["tasks.stars.class_balance=sqrt"])
+def test_head_options_are_typed_by_the_head():
+    # regression declares no options: an option meant for classification is refused, by name
+    assert "tasks.stars.options.class_balance" in err(base(), ["tasks.stars.options={class_balance: sqrt}"])
+    assert "tasks.rating.options.class_balance" in err(base(), ["tasks.rating.options={class_balance: cubic}"])
+
+
+def test_backbone_adapter_and_pooling_are_validated():
+    assert "unknown backbone 'rnn'" in err(base(), ["model.backbone=rnn"])
+    assert "model.pooling" in err(base(), ["model.pooling=last"])  # an encoder pools by mean or cls
+    assert "unknown adapter 'prefix'" in err(base(), ["model.adapter.kind=prefix"])
+    assert "model.adapter.options.r" in err(base(), ["model.adapter.kind=lora", "model.adapter.options={r: 0}"])
+    assert "freeze_base" in err(base(), ["model.adapter.kind=lora",
+                                         "model.adapter.options={mode: per_task, freeze_base: false}"])
 
 
 def test_overrides_parse_yaml_types_and_reject_bad_syntax():

@@ -40,7 +40,7 @@ def test_binary_reports_positive_f1_and_balance_weights():
     info = cls.fit_labels([0] * 9 + [1])
     m = cls.metrics([(1, 1), (1, 0), (0, 0), (0, 1)], info)
     assert m["pos_f1"] == pytest.approx(0.5)
-    head = cls(4, info, class_balance="inverse")
+    head = cls(4, info, options={"class_balance": "inverse"})
     w = head.class_weights
     assert w[1] / w[0] == pytest.approx(9.0)
     assert (w * torch.tensor([9.0, 1.0])).sum().item() == pytest.approx(10.0)  # mean weight 1 over train

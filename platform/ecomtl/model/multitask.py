@@ -4,7 +4,9 @@ Every caller (the training loop, evaluation, the in-process ``Predictor``, the S
 deployments) runs the same two stages:
 
     encoded = model.encode(batch, route)      # backbone (+ that route's adapter), pooling
-    outputs = model.apply(encoded, batch, tasks)   # sharing layer + heads
+    outputs = model.apply_heads(encoded, batch, tasks)   # sharing layer + heads
+
+(``apply_heads``, not ``apply``: ``nn.Module.apply`` is taken, and DeepSpeed calls it.)
 
 ``forward(batch, tasks)`` chains them, encoding once per adapter route: with hard
 sharing and a shared (or no) adapter, three heads on one source cost one pass."""
@@ -64,13 +66,13 @@ class MultiTaskModel(nn.Module):
         hidden = self.backbone.token_states(batch["input_ids"], mask, types)
         return Encoded(pool(hidden, mask, self.backbone.pooling), hidden, mask)
 
-    def apply(self, encoded: Encoded, batch: Mapping, tasks: list[str]) -> dict[str, torch.Tensor]:
+    def apply_heads(self, encoded: Encoded, batch: Mapping, tasks: list[str]) -> dict[str, torch.Tensor]:
         return {t: self.heads[t](self.sharing(encoded, t), batch) for t in tasks}
 
     def forward(self, batch: Mapping, tasks: list[str]) -> dict[str, torch.Tensor]:
         out = {}
         for route, names in self.routes_of(tasks).items():
-            out.update(self.apply(self.encode(batch, route), batch, names))
+            out.update(self.apply_heads(self.encode(batch, route), batch, names))
         return out
 
     def losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping) -> dict[str, torch.Tensor]:

@@ -207,7 +207,7 @@ class HeadRunner:
     @torch.inference_mode()
     def predict(self, task: str, enc: Encoded, feats: Features) -> list[dict]:
         head = self.model.heads[task]
-        out = self.model.apply(enc, feats.batch(), [task])[task]
+        out = self.model.apply_heads(enc, feats.batch(), [task])[task]
         preds = head.predict(out.float(), word_ids=feats.word_ids, words=feats.words, texts=feats.texts)
         names = head.label_info.get("names")
         for p, cut in zip(preds, feats.truncated):
