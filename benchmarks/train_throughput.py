@@ -24,8 +24,7 @@ from ecomtl.config.load import load_config  # noqa: E402
 from ecomtl.data.collate import collate  # noqa: E402
 from ecomtl.data.prepare import prepare_data  # noqa: E402
 from ecomtl.data.sampling import ShardedBatches  # noqa: E402
-from ecomtl.model.encoder import load_encoder, load_tokenizer  # noqa: E402
-from ecomtl.model.multitask import MultiTaskModel  # noqa: E402
+from ecomtl.model.build import build_model, load_tokenizer  # noqa: E402
 from ecomtl.report import table  # noqa: E402
 from ecomtl.train.deepspeed_config import use_bf16  # noqa: E402
 
@@ -46,9 +45,9 @@ def plain_loop(cfg, data, steps: int) -> tuple[float, float]:
     tok = load_tokenizer(cfg.model)
     source = next(iter(cfg.sources))
     split = data.splits["train"][source]
-    specs = {t: {"head": c.head, "labels": data.label_infos[t]} for t, c in cfg.tasks.items()}
-    model = MultiTaskModel(load_encoder(cfg.model, len(tok)), specs).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    specs = list(cfg.tasks)
+    model = build_model(cfg, data.label_infos, tok).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     batches = ShardedBatches(len(split), cfg.training.batch_size, 0, 1, 0, lengths=split.lengths())
     dtypes = {t: model.heads[t].label_dtype for t in specs}
     bf16 = use_bf16(cfg, False)
@@ -61,8 +60,8 @@ def plain_loop(cfg, data, steps: int) -> tuple[float, float]:
             t_warm = time.perf_counter()
         b = collate(split, batches.batch(k), tok.pad_token_id, dtypes)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(b["input_ids"], b["attention_mask"], list(specs), token_type_ids=b.get("token_type_ids"))
-            loss = sum(model.heads[t].loss(out[t], b["labels"][t]) for t in specs)
+            out = model(b, specs)
+            loss = sum(model.heads[t].loss(out[t], b["labels"][t], b) for t in specs)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
