@@ -34,7 +34,7 @@ def test_train_job_prints_table_and_bundle(trained_bundle):
     assert re.search(r"^attributes\s+\d+", stdout, re.M), stdout  # the per-task table
     assert "skipped rows" in stdout and "missing_text" in stdout  # the data report
     bundle = re.search(r"^bundle: (.+)$", stdout, re.M).group(1)
-    assert Path(bundle) == out / "cli-run" / "bundle" and (Path(bundle) / "heads.safetensors").exists()
+    assert Path(bundle) == out / "cli-run" / "bundle" and (Path(bundle) / "model.safetensors").exists()
     assert (out / "cli-run" / "training.png").stat().st_size > 10_000
 
 

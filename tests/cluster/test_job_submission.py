@@ -39,7 +39,7 @@ def test_evaluate_and_export_jobs(cluster, reference_run, runs_dir, data_root):
     out = runs_dir / "exported"
     cluster.ray("job", "submit", "--working-dir", ".", "--", "python", "jobs/export.py", str(checkpoint), str(out),
                 cwd=REPO)
-    assert (out / "heads.safetensors").is_file() and (out / "encoder" / "config.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "backbone" / "config.json").is_file()
 
 
 def test_failing_job_exit_code_and_logs(cluster, runs_dir):
@@ -68,7 +68,7 @@ def test_tune_job_runs_a_sweep_and_hands_on_its_best_bundle(cluster, runs_dir, d
     assert r.returncode == 0 and "Job 'ecomtl-tune' succeeded" in r.stdout, r.stdout[-4000:]
     sweep = runs_dir / "job-sweep"
     bundle = Path(re.search(r"best bundle: (\S+)", r.stdout).group(1))
-    assert bundle.is_relative_to(sweep) and (bundle / "heads.safetensors").is_file()
+    assert bundle.is_relative_to(sweep) and (bundle / "model.safetensors").is_file()
     table = (sweep / "trials.csv").read_text().splitlines()
     assert len(table) == 1 + 2  # header + both trials
     assert (sweep / "best_config.yaml").is_file()

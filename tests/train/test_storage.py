@@ -32,4 +32,4 @@ def test_checkpoints_and_bundle_under_a_file_uri(ray_local, tiny_cfg, tmp_path):
     assert out.run_dir == f"file://{tmp_path}/uri-runs/uri"
     state = json.loads((run / "step_0000004" / "trainer_state.json").read_text())
     assert state["step"] == 4 and (run / "step_0000002" / "deepspeed").is_dir()
-    assert out.bundle == run / "bundle" and (run / "bundle" / "heads.safetensors").is_file()
+    assert out.bundle == run / "bundle" and (run / "bundle" / "model.safetensors").is_file()

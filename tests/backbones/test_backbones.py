@@ -1,0 +1,64 @@
+"""Backbone plug-ins: pooling, pad-token policy, tiny random decoders of each family."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecomtl.backbones import BACKBONES, pool
+from ecomtl.backbones.decoder import ensure_pad_token
+from ecomtl.data.collate import pad_rows
+
+
+def test_last_token_pooling_ignores_padding_side():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last").squeeze(-1).tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last").squeeze(-1).tolist() == [3.0, 7.0]
+    assert pool(hidden, right, "mean").squeeze(-1).tolist() == [0.5, 5.5]
+
+
+def test_decoder_tokenizer_without_pad_gets_eos(decoder_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    raw = AutoTokenizer.from_pretrained(decoder_tokenizer_dir)
+    assert raw.pad_token is None
+    tok = BACKBONES.get("decoder").load_tokenizer(decoder_tokenizer_dir)
+    assert tok.pad_token == tok.eos_token and tok.padding_side == "right"
+    with pytest.raises(ValueError, match="no pad, eos or unk"):
+        raw.eos_token = None
+        raw.unk_token = None
+        ensure_pad_token(raw)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_tiny_decoder_pools_the_last_real_token(family, decoder_tokenizer_dir):
+    kind = BACKBONES.get("decoder")
+    tok = kind.load_tokenizer(decoder_tokenizer_dir)
+    tiny = kind.Tiny(family=family).model_dump()
+    torch.manual_seed(0)
+    backbone = kind(kind.random(tiny, len(tok), 0.0), "last").eval()
+    short, long = tok("red shoes")["input_ids"], tok("red shoes for men, size nine")["input_ids"]
+    batch = pad_rows([short, long], tok.pad_token_id)
+    alone = pad_rows([short], tok.pad_token_id)
+    with torch.no_grad():
+        together = pool(backbone.token_states(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"], "last")
+        single = pool(backbone.token_states(alone["input_ids"], alone["attention_mask"]), alone["attention_mask"], "last")
+    # a causal model: right padding cannot change the short row's last-token vector
+    torch.testing.assert_close(together[0], single[0], rtol=1e-5, atol=1e-5)
+
+
+def test_plugins_command_lists_every_registry():
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "ecomtl.cli", "plugins", "--json"], cwd=repo, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(repo / "platform"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert set(out) == {"backbones", "adapters", "sharing", "heads", "weightings", "samplers"}
+    lora = next(x for x in out["adapters"] if x["name"] == "lora")
+    assert lora["options"]["r"]["default"] == 16 and lora["description"]
+    assert {x["name"] for x in out["backbones"]} == {"encoder", "decoder"}
