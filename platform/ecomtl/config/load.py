@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -42,11 +43,20 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+# A model-level validator names the field it checked at the front of its message
+# ("options.r: ..."): fold it into the dotted location, so every error reads the same.
+_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z_][\w]*(?:\.[\w]+)*): (.*)$", re.S)
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        m = _FIELD_PREFIX.match(msg)
+        if m and " " not in m.group(1):
+            loc, msg = ".".join(x for x in (loc, m.group(1)) if x), m.group(2)
+        lines.append(f"  {loc or '<root>'}: {msg}")
     return "invalid experiment config:\n" + "\n".join(lines)
 
 

@@ -104,6 +104,14 @@ class TaskConfig(Strict):
     weight: float = Field(1.0, gt=0, description="static loss weight")
     options: dict = Field(default_factory=dict, description="the head's own options (its typed Options model)")
 
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, v: str):
+        from ecomtl.tasks import TASK_HEADS
+
+        TASK_HEADS.get(v)  # raises with the list of known heads
+        return v
+
     @model_validator(mode="after")
     def _head_options(self):
         from ecomtl.tasks import TASK_HEADS
@@ -119,6 +127,12 @@ class PluginChoice(Strict):
     options: dict = Field(default_factory=dict)
 
     registry_path: ClassVar[str] = ""
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str):
+        cls.registry().get(v)
+        return v
 
     @model_validator(mode="after")
     def _known(self):
@@ -162,6 +176,14 @@ class ModelConfig(Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     adapter: AdapterChoice = Field(default_factory=AdapterChoice)
     sharing: SharingChoice = Field(default_factory=SharingChoice)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str):
+        from ecomtl.backbones import BACKBONES
+
+        BACKBONES.get(v)
+        return v
 
     @model_validator(mode="after")
     def _backbone(self):
