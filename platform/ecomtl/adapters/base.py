@@ -10,7 +10,7 @@ flips ``requires_grad`` and would change the parameter set DeepSpeed partitioned
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -69,19 +69,6 @@ def base_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]
 
 def is_adapter_param(name: str) -> bool:
     return bool(_ADAPTER_KEY.search(f".{name}"))
-
-
-def load_base_into(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
-    """Base weights saved by ``base_state_dict`` back under adapter-wrapped names."""
-    own = model.state_dict()
-    mapped: dict[str, Optional[torch.Tensor]] = {}
-    for k in own:
-        if _ADAPTER_KEY.search(k):
-            continue
-        plain = k.replace(".base_layer.", ".")
-        if plain in base:
-            mapped[k] = base[plain]
-    model.load_state_dict(mapped, strict=False)
 
 
 @ADAPTERS.register("none")

@@ -189,8 +189,8 @@ class EncoderRunner:
         self.model = model.eval()
 
     @torch.inference_mode()
-    def encode(self, feats: Features, route: str, need_hidden: bool) -> Encoded:
-        enc = self.model.encode(feats.batch(), route).float()
+    def encode(self, feats: Features, route: str, need_hidden: bool, batch: Optional[dict] = None) -> Encoded:
+        enc = self.model.encode(batch if batch is not None else feats.batch(), route).float()
         # token states only travel (between Serve replicas) when a token head reads them
         return enc if need_hidden else Encoded(enc.pooled, None, enc.mask)
 
@@ -205,9 +205,11 @@ class HeadRunner:
         return any(self.model.heads[t].level == "token" for t in tasks)
 
     @torch.inference_mode()
-    def predict(self, task: str, enc: Encoded, feats: Features) -> list[dict]:
+    def predict(self, task: str, enc: Encoded, feats: Features, batch: Optional[dict] = None) -> list[dict]:
+        """``batch``: ``feats.batch()`` when the caller already padded it (one pad per
+        request, not one per task)."""
         head = self.model.heads[task]
-        out = self.model.apply_heads(enc, feats.batch(), [task])[task]
+        out = self.model.apply_heads(enc, batch if batch is not None else feats.batch(), [task])[task]
         preds = head.predict(out.float(), word_ids=feats.word_ids, words=feats.words, texts=feats.texts)
         names = head.label_info.get("names")
         for p, cut in zip(preds, feats.truncated):
@@ -238,9 +240,10 @@ class Predictor:
         out = {}
         for (source, route), names in self.pre.group(tasks, items).items():
             feats = self.pre.features(source, items)
-            enc = self.encoder.encode(feats, route, self.heads.needs_hidden(names))
+            batch = feats.batch()
+            enc = self.encoder.encode(feats, route, self.heads.needs_hidden(names), batch)
             for t in names:
-                out[t] = self.heads.predict(t, enc, feats)
+                out[t] = self.heads.predict(t, enc, feats, batch)
         return out
 
 
