@@ -30,7 +30,7 @@ DEMO = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
 def run(engine: str, steps: int, workers: int, storage: str) -> dict:
     import ray
 
-    from ecomtl.data.prepare import prepare_data
+    from ecomtl.data.pipeline import prepare_training_data
     from ecomtl.model.build import load_tokenizer
     from ecomtl.train.loop import STATE_FILE
     from ecomtl.train.trainer import build_trainer
@@ -42,16 +42,8 @@ def run(engine: str, steps: int, workers: int, storage: str) -> dict:
     cfg = cfg.model_copy(update={"data_root": root})
     out = {"engine": engine}
     t0 = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.model)
-    datasets = sizes = None
-    if engine == "ray_data":
-        from ecomtl.data.streaming import build_train_datasets, fit_label_infos_streamed
-
-        infos = fit_label_infos_streamed(cfg, root)
-        datasets, lengths, sizes = build_train_datasets(cfg, tokenizer, infos, root)
-        data = prepare_data(cfg, tokenizer, splits=("validation",), label_infos=infos, max_lengths=lengths, root=root)
-    else:
-        data = prepare_data(cfg, tokenizer, root=root)
+    prepared = prepare_training_data(cfg, load_tokenizer(cfg.model), root)
+    data, datasets, sizes = prepared.data, prepared.datasets, prepared.sizes
     out["prep_s"] = time.perf_counter() - t0
     out["train_rows"] = sum(sizes.values()) if sizes else sum(len(d) for d in data.splits["train"].values())
     if datasets:

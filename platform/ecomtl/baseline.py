@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ecomtl.config.schema import ExperimentConfig
-from ecomtl.data.prepare import _inputs, fit_label_infos, read_source
+from ecomtl.data.prepare import _inputs, fit_label_infos
+from ecomtl.data.sources import open_split
 from ecomtl.tasks import TASK_HEADS
 from ecomtl.tasks.base import IGNORE
 
@@ -16,11 +17,11 @@ def _rows(cfg: ExperimentConfig, source: str, root: str, split: str, label_infos
     """Texts (pairs joined with a separator, or word lists) and encoded labels per task,
     with the same skipping rules as training."""
     src = cfg.sources[source]
-    ds = read_source(source, src, root, split)
-    batch = ds.to_dict()
+    raw = open_split(source, cfg, root, split)
+    batch = raw.rows()
     tasks = cfg.task_names_by_source()[source]
     texts, labels = [], {t: [] for t in tasks}
-    for i in range(len(ds)):
+    for i in range(len(raw)):
         text, pair = _inputs(src, batch, i)
         if text is None:
             continue

@@ -7,7 +7,8 @@ import pytest
 
 from ecomtl.config.load import config_from_dict
 from ecomtl.data.collate import collate
-from ecomtl.data.prepare import DataError, prepare_data
+from ecomtl.data.prepare import prepare_data
+from ecomtl.data.sources import DataError
 from ecomtl.model.build import load_tokenizer
 
 

@@ -76,16 +76,18 @@ def test_every_row_once_per_epoch_across_two_workers(ray_local, tiny_cfg, data_r
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ecomtl.data.streaming import build_train_datasets, dataset_name, exact_split_config, fit_label_infos_streamed
+    from ecomtl.data.sources import open_split
+    from ecomtl.data.streaming import build_train_datasets, dataset_name, exact_split_config
 
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.data.engine = "ray_data"
     tokenizer = load_tokenizer(cfg.model)
     # Same label spaces, lengths and encoded rows as the in-memory path.
-    infos = fit_label_infos_streamed(cfg, data_root)
+    opened = {s: open_split(s, cfg, data_root, "train", engine="ray_data") for s in cfg.sources}
+    infos = fit_label_infos(cfg, data_root, opened=opened)
     assert infos == fit_label_infos(cfg, data_root)
     memory = prepare_data(cfg, tokenizer, splits=("train",), label_infos=infos, root=data_root)
-    datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, infos, data_root)
+    datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, infos, opened)
     assert max_lengths == memory.max_lengths and sizes == {s: 400 for s in cfg.sources}
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # _epoch_rows on the workers

@@ -13,7 +13,6 @@ Policy for bad rows (documented in the README):
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,15 +20,12 @@ from typing import Optional
 import numpy as np
 
 from ecomtl.config.schema import ExperimentConfig, SourceConfig
+from ecomtl.data.sources import DataError, RawSplit, open_split
 from ecomtl.tasks import TASK_HEADS
 from ecomtl.tasks.base import is_missing
 
 AUTO_LENGTH_PERCENTILE = 99
 AUTO_LENGTH_SAMPLE = 4000
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read as configured; the message names source and column."""
 
 
 @dataclass
@@ -57,29 +53,6 @@ class PreparedData:
 
     def report(self) -> dict:
         return {split: {s: d.report for s, d in by_src.items()} for split, by_src in self.splits.items()}
-
-
-def source_path(src: SourceConfig, root: str, split: str) -> str:
-    return src.path.format(root=root, split=split)
-
-
-def read_source(name: str, src: SourceConfig, root: str, split: str):
-    import datasets
-
-    path = source_path(src, root, split)
-    if not os.path.exists(path):
-        raise DataError(f"sources.{name}: no file for split {split!r} at {path}")
-    datasets.disable_progress_bars()
-    ds = datasets.load_dataset(src.format, data_files=path, split="train")
-    needed = list(src.text or []) + list(src.text_pair or []) + ([src.tokens] if src.tokens else [])
-    missing = [c for c in needed if c not in ds.column_names]
-    if missing:
-        raise DataError(
-            f"sources.{name}: column(s) {missing} not in {path}; columns: {ds.column_names}"
-        )
-    if src.max_rows and split == "train" and len(ds) > src.max_rows:
-        ds = ds.select(range(src.max_rows))
-    return ds
 
 
 def join_text(row_values: list) -> str:
@@ -112,10 +85,8 @@ def tokenize(tokenizer, src: SourceConfig, inputs: list, pairs: list, max_length
 
 
 def auto_max_length(tokenizer, src: SourceConfig, inputs: list, pairs: list) -> int:
-    """The 99th percentile of token counts on (a sample of) train, rounded up to 8."""
-    n = min(len(inputs), AUTO_LENGTH_SAMPLE)
-    idx = np.random.default_rng(0).choice(len(inputs), size=n, replace=False)
-    enc = tokenize(tokenizer, src, [inputs[i] for i in idx], [pairs[i] for i in idx], None)
+    """The 99th percentile of token counts on a sample of train rows, rounded up to 8."""
+    enc = tokenize(tokenizer, src, inputs, pairs, None)
     lengths = [len(x) for x in enc["input_ids"]]
     length = int(np.ceil(np.percentile(lengths, AUTO_LENGTH_PERCENTILE) / 8) * 8)
     return max(8, min(length, tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else 512))
@@ -186,55 +157,50 @@ def encode_rows(tokenizer, src: SourceConfig, inputs: list, pairs: list, labels:
     return input_ids, token_type_ids, labels, truncated
 
 
-def resolve_max_length(tokenizer, src: SourceConfig, inputs: list, pairs: list) -> int:
-    return auto_max_length(tokenizer, src, inputs, pairs) if src.max_length == "auto" else src.max_length
-
-
-def prepare_source(
-    name: str,
-    cfg: ExperimentConfig,
-    tokenizer,
-    split: str,
-    label_infos: dict[str, dict],
-    max_length: Optional[int],
-    root: str,
-) -> tuple[PreparedSplit, int]:
-    """Encode one source's split. ``label_infos`` must hold its tasks (fit on train
-    first); ``max_length`` None resolves the source's setting (``auto`` → from data)."""
-    src = cfg.sources[name]
-    ds = read_source(name, src, root, split)
-    n_rows = len(ds)
-    inputs, pairs, labels, status, reasons = select_rows(name, cfg, ds.to_dict(), n_rows, label_infos)
+def resolve_max_length(tokenizer, cfg: ExperimentConfig, raw: RawSplit, label_infos: dict[str, dict]) -> int:
+    """A source's ``max_length``: the configured number, or for ``auto`` the percentile
+    over a sample of its usable train rows (the same rule for both engines)."""
+    src = cfg.sources[raw.name]
+    if src.max_length != "auto":
+        return src.max_length
+    rows = raw.sample(AUTO_LENGTH_SAMPLE)
+    n = len(next(iter(rows.values()), []))
+    inputs, pairs, _, _, _ = select_rows(raw.name, cfg, rows, n, label_infos)
     if not inputs:
-        raise DataError(f"sources.{name}: no usable rows in split {split!r} ({dict(status)})")
-    if max_length is None:
-        max_length = resolve_max_length(tokenizer, src, inputs, pairs)
-    input_ids, token_type_ids, labels, truncated = encode_rows(tokenizer, src, inputs, pairs, labels, max_length)
+        raise DataError(f"sources.{raw.name}: no usable rows in a sample of {n} train rows to size max_length on")
+    return auto_max_length(tokenizer, src, inputs, pairs)
+
+
+def prepare_source(raw: RawSplit, cfg: ExperimentConfig, tokenizer, label_infos: dict[str, dict],
+                   max_length: int) -> PreparedSplit:
+    """Encode one source's split in memory (``label_infos`` fit on train first)."""
+    inputs, pairs, labels, status, reasons = select_rows(raw.name, cfg, raw.rows(), len(raw), label_infos)
+    if not inputs:
+        raise DataError(f"sources.{raw.name}: no usable rows in split {raw.split!r} ({dict(status)})")
+    input_ids, token_type_ids, labels, truncated = encode_rows(tokenizer, raw.src, inputs, pairs, labels, max_length)
     report = {
-        "path": source_path(src, root, split),
-        "rows_read": n_rows,
+        "path": raw.path,
+        "rows_read": len(raw),
         "rows_used": len(inputs),
         "skipped": dict(status),
         "tasks": {t: dict(r) for t, r in reasons.items()},
         "max_length": max_length,
         "truncated_rows": truncated,
     }
-    return PreparedSplit(input_ids, token_type_ids, labels, report), max_length
+    return PreparedSplit(input_ids, token_type_ids, labels, report)
 
 
-def fit_label_infos(cfg: ExperimentConfig, root: str) -> dict[str, dict]:
-    """Label spaces from the train split alone (saved in the bundle)."""
+def fit_label_infos(cfg: ExperimentConfig, root: str, engine: str = "memory",
+                    opened: Optional[dict[str, RawSplit]] = None) -> dict[str, dict]:
+    """Label spaces from the train split alone (saved in the bundle). ``opened``: train
+    splits already read (source → RawSplit), so a source is read once."""
     infos = {}
     for source, tasks in cfg.task_names_by_source().items():
-        ds = read_source(source, cfg.sources[source], root, "train")
+        raw = (opened or {}).get(source) or open_split(source, cfg, root, "train", engine)
         for t in tasks:
-            column = cfg.tasks[t].label
-            if column not in ds.column_names:
-                raise DataError(
-                    f"tasks.{t}.label: column {column!r} not in source {source!r}; columns: {ds.column_names}"
-                )
+            values = raw.column(cfg.tasks[t].label, t)
             try:
-                infos[t] = TASK_HEADS.get(cfg.tasks[t].head).fit_labels(ds[column])
+                infos[t] = TASK_HEADS.get(cfg.tasks[t].head).fit_labels(values)
             except ValueError as err:
                 raise DataError(f"tasks.{t}: {err}") from None
     return infos
@@ -248,20 +214,22 @@ def prepare_data(
     max_lengths: Optional[dict[str, int]] = None,
     root: Optional[str] = None,
 ) -> PreparedData:
-    """Train is prepared first when present: it fixes label maps and ``auto`` lengths,
-    which the other splits then reuse. For scoring a bundle, pass the bundle's
-    ``label_infos`` and ``max_lengths`` instead."""
+    """The in-memory engine. Train fixes label maps and ``auto`` lengths, which the other
+    splits reuse; without train in ``splits``, pass them (a bundle's, or the streamed
+    train's) or they are fit from the train split."""
     root = root or cfg.resolved_data_root()
-    label_infos = label_infos or fit_label_infos(cfg, root)
+    needs_train = ("train" in splits or label_infos is None
+                   or any(s not in (max_lengths or {}) for s in cfg.sources))
+    opened = {s: open_split(s, cfg, root, "train") for s in cfg.sources} if needs_train else {}
+    label_infos = label_infos or fit_label_infos(cfg, root, opened=opened)
     max_lengths = dict(max_lengths or {})
-    ordered = sorted(splits, key=lambda s: s != "train")
+    for source in cfg.sources:
+        if source not in max_lengths:
+            max_lengths[source] = resolve_max_length(tokenizer, cfg, opened[source], label_infos)
     out: dict[str, dict[str, PreparedSplit]] = {}
-    for split in ordered:
+    for split in splits:
         out[split] = {}
         for source in cfg.sources:
-            prepared, length = prepare_source(
-                source, cfg, tokenizer, split, label_infos, max_lengths.get(source), root
-            )
-            max_lengths[source] = length
-            out[split][source] = prepared
+            raw = opened[source] if split == "train" else open_split(source, cfg, root, split)
+            out[split][source] = prepare_source(raw, cfg, tokenizer, label_infos, max_lengths[source])
     return PreparedData(label_infos=label_infos, max_lengths=max_lengths, splits=out)

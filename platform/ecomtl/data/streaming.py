@@ -1,9 +1,11 @@
 """``data.engine: ray_data``: train splits as Ray Data datasets, streamed to the workers.
 
-Driver side: each source's train file is read with Ray Data (``read_csv``/``read_json``/
-``read_parquet``; a local path, a shared filesystem or a cloud URI), then the same
-row policy and tokenisation as the in-memory path (``prepare.select_rows`` and
-``prepare.encode_rows``) run in parallel Ray tasks with ``map_batches``. Nothing is
+Driver side: each source's train file is opened with the ``ray_data`` engine of
+``data.sources`` (a local path, a shared filesystem or a cloud URI); label maps and
+``auto`` lengths come from the same functions as in memory (``prepare.fit_label_infos``,
+``prepare.resolve_max_length``), then the same row policy and tokenisation
+(``prepare.select_rows``, ``prepare.encode_rows``) run in parallel Ray tasks with
+``map_batches``. Nothing is
 materialised: TorchTrainer gets one dataset per source and gives every worker a disjoint
 streaming shard of each (``ray.train.get_dataset_shard``).
 
@@ -22,8 +24,8 @@ from typing import Optional
 import numpy as np
 
 from ecomtl.config.schema import ExperimentConfig
-from ecomtl.data.prepare import (AUTO_LENGTH_SAMPLE, DataError, PreparedSplit, encode_rows, resolve_max_length,
-                                 select_rows, source_path)
+from ecomtl.data.prepare import PreparedSplit, encode_rows, resolve_max_length, select_rows
+from ecomtl.data.sources import DataError, RawSplit, plain_values
 
 DATASET_PREFIX = "train_"  # no "/": Ray Data names log files after datasets
 LABEL_PREFIX = "label/"
@@ -31,27 +33,6 @@ LABEL_PREFIX = "label/"
 
 def dataset_name(source: str) -> str:
     return DATASET_PREFIX + source
-
-
-def read_raw(name: str, cfg: ExperimentConfig, root: str, split: str = "train"):
-    import ray.data
-
-    src = cfg.sources[name]
-    path = source_path(src, root, split)
-    if "://" not in path:
-        import os
-
-        if not os.path.exists(path):
-            raise DataError(f"sources.{name}: no file for split {split!r} at {path}")
-    if src.format == "csv":
-        ds = ray.data.read_csv(path)
-    elif src.format == "json":
-        ds = ray.data.read_json(path, lines=path.endswith(".jsonl"))
-    else:
-        ds = ray.data.read_parquet(path)
-    if src.max_rows and split == "train":
-        ds = ds.limit(src.max_rows)
-    return ds
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,18 +46,6 @@ def _tokenizer(model_json: str):
     from ecomtl.model.build import load_tokenizer
 
     return load_tokenizer(ModelConfig.model_validate_json(model_json))
-
-
-def _column(values) -> list:
-    """A Ray Data numpy column → plain Python values (lists for list cells, None for NaN)."""
-    out = []
-    for v in values:
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out.append(v)
-    return out
 
 
 class Tokenize:
@@ -94,7 +63,7 @@ class Tokenize:
         cfg = _config(self.cfg_json)
         src = cfg.sources[self.name]
         n = len(next(iter(batch.values())))
-        rows = {k: _column(v) for k, v in batch.items()}
+        rows = {k: plain_values(v) for k, v in batch.items()}
         inputs, pairs, labels, _, _ = select_rows(self.name, cfg, rows, n, self.label_infos)
         tok = _tokenizer(cfg.model.model_dump_json())
         if not inputs:  # every row of this batch skipped: an empty batch, same columns
@@ -127,33 +96,21 @@ def _ragged(arrays: list) -> np.ndarray:
     return out
 
 
-def streamed_max_length(name: str, cfg: ExperimentConfig, tokenizer, raw, label_infos: dict) -> int:
-    """``auto`` lengths from the first rows of the stream (the in-memory path samples the
-    whole split; both take the 99th percentile)."""
-    src = cfg.sources[name]
-    if src.max_length != "auto":
-        return src.max_length
-    sample = raw.take_batch(AUTO_LENGTH_SAMPLE, batch_format="numpy")
-    rows = {k: _column(v) for k, v in sample.items()}
-    inputs, pairs, _, _, _ = select_rows(name, cfg, rows, len(next(iter(rows.values()))), label_infos)
-    if not inputs:
-        raise DataError(f"sources.{name}: no usable rows in the first {AUTO_LENGTH_SAMPLE} train rows")
-    return resolve_max_length(tokenizer, src, inputs, pairs)
-
-
-def build_train_datasets(cfg: ExperimentConfig, tokenizer, label_infos: dict, root: str,
-                         max_lengths: Optional[dict[str, int]] = None) -> tuple[dict, dict[str, int], dict[str, int]]:
-    """One lazily executed, tokenised dataset per source: (datasets by
-    ``dataset_name(source)``, max_lengths, raw row counts for the source sampler)."""
+def build_train_datasets(cfg: ExperimentConfig, tokenizer, label_infos: dict,
+                         opened: dict[str, RawSplit], max_lengths: Optional[dict[str, int]] = None
+                         ) -> tuple[dict, dict[str, int], dict[str, int]]:
+    """One lazily executed, tokenised dataset per source from its opened ``ray_data``
+    train split: (datasets by ``dataset_name(source)``, max_lengths, raw row counts for
+    the source sampler)."""
     max_lengths = dict(max_lengths or {})
     datasets, sizes = {}, {}
     for name in cfg.sources:
-        raw = read_raw(name, cfg, root)
+        raw = opened[name]
         if name not in max_lengths:
-            max_lengths[name] = streamed_max_length(name, cfg, tokenizer, raw, label_infos)
-        sizes[name] = raw.count()
-        tokenized = raw.map_batches(Tokenize(name, cfg, label_infos, max_lengths[name]),
-                                    batch_size=cfg.data.tokenize_batch_size, batch_format="numpy")
+            max_lengths[name] = resolve_max_length(tokenizer, cfg, raw, label_infos)
+        sizes[name] = len(raw)
+        tokenized = raw.dataset.map_batches(Tokenize(name, cfg, label_infos, max_lengths[name]),
+                                            batch_size=cfg.data.tokenize_batch_size, batch_format="numpy")
         # Small blocks (one training batch each, streamed): shards then split evenly
         # across workers even when a whole file arrives as one block.
         rows = cfg.sources[name].batch_size or cfg.training.batch_size
@@ -253,26 +210,3 @@ class StreamedBatches:
             self.position[source] = dict(epoch=self.position[source]["epoch"] + 1, batch=0)
             del self._iters[source]
         raise DataError(f"source {source!r}: its training stream is empty")
-
-
-def fit_label_infos_streamed(cfg: ExperimentConfig, root: str) -> dict[str, dict]:
-    """Label spaces from the train split (as ``prepare.fit_label_infos``), reading only
-    each label column through Ray Data: works for cloud URIs and files bigger than memory."""
-    from ecomtl.tasks import TASK_HEADS
-
-    infos = {}
-    for source, tasks in cfg.task_names_by_source().items():
-        raw = read_raw(source, cfg, root)
-        columns = raw.columns()
-        for t in tasks:
-            column = cfg.tasks[t].label
-            if column not in columns:
-                raise DataError(f"tasks.{t}.label: column {column!r} not in source {source!r}; columns: {columns}")
-            values = []
-            for batch in raw.select_columns([column]).iter_batches(batch_size=65536, batch_format="numpy"):
-                values.extend(_column(batch[column]))
-            try:
-                infos[t] = TASK_HEADS.get(cfg.tasks[t].head).fit_labels(values)
-            except ValueError as err:
-                raise DataError(f"tasks.{t}: {err}") from None
-    return infos

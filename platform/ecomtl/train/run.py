@@ -59,7 +59,7 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     """Reusing ``run_name`` resumes that run from its latest checkpoint."""
     import ray
 
-    from ecomtl.data.prepare import prepare_data
+    from ecomtl.data.pipeline import prepare_training_data
     from ecomtl.evaluation import evaluate_bundle
     from ecomtl.model.bundle import copy_bundle
     from ecomtl.model.build import load_tokenizer
@@ -75,20 +75,12 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     cfg = cfg.model_copy(update={"data_root": root})
     init_ray()
     log(f"[ecomtl] run {run_name}: data from {root}")
-    tokenizer = load_tokenizer(cfg.model)
-    datasets = sizes = None
-    if cfg.data.engine == "ray_data":
-        from ecomtl.data.streaming import build_train_datasets, fit_label_infos_streamed
-
-        label_infos = fit_label_infos_streamed(cfg, root)
-        datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, label_infos, root)
-        data = prepare_data(cfg, tokenizer, splits=("validation",), label_infos=label_infos,
-                            max_lengths=max_lengths, root=root)
-        log("[ecomtl] train splits streamed with Ray Data: " + ", ".join(f"{s} {n} rows" for s, n in sizes.items()))
-    else:
-        data = prepare_data(cfg, tokenizer, root=root)
+    prepared = prepare_training_data(cfg, load_tokenizer(cfg.model), root)
+    data = prepared.data
+    log(f"[ecomtl] {prepared.summary()}")
     log(data_report_table(data.report()))
-    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks, datasets=datasets, train_sizes=sizes)
+    trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks, datasets=prepared.datasets,
+                            train_sizes=prepared.sizes)
     result = trainer.fit()
     if result.error:
         raise result.error
