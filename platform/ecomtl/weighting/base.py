@@ -1,11 +1,27 @@
-"""How per-task losses become one loss. A weighting is one file in this package that
-subclasses ``Weighting`` and registers itself in ``WEIGHTINGS``. Weightings that adapt
-during training (uncertainty, DWA, GradNorm, ...) keep their state in ``state_dict`` so
-that it survives checkpoint/resume."""
+"""How per-task losses become one loss (or one gradient). A weighting is one file in this
+package that subclasses ``Weighting`` and registers itself in ``WEIGHTINGS``.
+
+Three kinds, and how the training loop drives each per optimizer step:
+
+- loss-level (static, uncertainty, dwa, famo): ``loss = w.combine(losses, step)`` then
+  ``engine.backward(loss)``. Works at every ZeRO stage: only the scalar loss changes.
+- with learnable tensors (uncertainty): ``w.parameters()`` is non-empty; their gradients
+  come from that same backward and something must step them (see README.md).
+- with a post-step update (famo): ``w.update(losses_after)`` once the optimizer has stepped.
+- gradient-level (pcgrad, cagrad, gradnorm; ``owns_backward``): ``loss =
+  w.backward_loss(losses, shared_params)`` then ``engine.backward(loss)``. It takes each
+  task's gradient over the shared parameters, combines them with ``combine_gradients`` and
+  returns a surrogate whose gradient *is* the combined one, so DeepSpeed still does its own
+  reduction, accumulation and clipping. Needs whole gradients: ZeRO 0-1 only.
+
+Every state tensor (``state_tensors``) is checkpointed by ``state_dict`` (JSON-friendly
+lists, since the loop writes it into trainer_state.json) and averaged across ranks by
+``sync``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -17,13 +33,49 @@ if TYPE_CHECKING:
 WEIGHTINGS: Registry[type["Weighting"]] = Registry("loss weighting")
 
 
+def mean_across_ranks(tensors: list[torch.Tensor]) -> None:
+    """Average ``tensors`` in place over all ranks; a no-op outside torch.distributed.
+    One flat all-reduce rather than one per tensor: these are many small tensors."""
+    import torch.distributed as dist
+
+    if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def stack_flat(task_grads: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+    """[tasks, parameters] matrix of the per-task gradients, each flattened (fp32: the
+    dot products of gradient surgery are sums over millions of terms)."""
+    return torch.stack([torch.cat([g.reshape(-1).float() for g in grads]) for grads in task_grads.values()])
+
+
+def unflat(vector: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``vector`` cut back into tensors shaped (and typed) like ``like``."""
+    out, offset = [], 0
+    for t in like:
+        out.append(vector[offset:offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
+    return out
+
+
 class Weighting(Plugin):
     #: gradient-surgery methods need whole per-task gradients, which ZeRO-2/3 partition
-    needs_full_gradients: bool = False
+    needs_full_gradients: ClassVar[bool] = False
+    #: the loop calls ``backward_loss`` instead of ``combine`` (gradient-level methods)
+    owns_backward: ClassVar[bool] = False
 
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg
         self.options = self.Options.model_validate(cfg.weighting.options)
+        #: a fixed task order: state tensors are indexed by it, on every rank alike
+        self.tasks: list[str] = list(cfg.tasks)
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
@@ -33,11 +85,69 @@ class Weighting(Plugin):
                 f"{cfg.distributed.zero_stage} partitions; use distributed.zero_stage 0 or 1"
             )
 
+    def index(self, names) -> torch.Tensor:
+        """Positions of ``names`` in ``self.tasks`` (a step may carry only some tasks)."""
+        return torch.tensor([self.tasks.index(n) for n in names], dtype=torch.long)
+
+    # -- loss level --------------------------------------------------------------------------
     def combine(self, losses: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        if self.owns_backward:  # refuse rather than silently train on the plain sum
+            raise NotImplementedError(f"{type(self).__name__} owns the backward pass: call backward_loss")
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
+    def parameters(self) -> list[torch.Tensor]:
+        """Tensors trained by backprop through ``combine``'s loss; empty for most."""
+        return []
+
+    def update(self, losses: dict[str, torch.Tensor]) -> None:
+        """After the optimizer step, with the (detached) losses the updated model gets."""
+
+    # -- gradient level ----------------------------------------------------------------------
+    def combine_gradients(self, task_grads: dict[str, list[torch.Tensor]],
+                          losses: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One gradient per shared parameter from each task's (same-shaped) gradients."""
+        raise NotImplementedError
+
+    def backward_loss(self, losses: dict[str, torch.Tensor], shared: list[torch.Tensor]) -> torch.Tensor:
+        """A loss whose gradient over ``shared`` is ``combine_gradients`` of the per-task
+        gradients and over every other parameter (the heads) is that of the plain sum.
+
+        Per-task gradients are averaged across ranks first, so every rank combines the
+        same gradients (PCGrad of averaged gradients, not an average of local PCGrads) and
+        GradNorm's weights stay equal without another sync."""
+        shared = [p for p in shared if p.requires_grad]
+        task_grads = {}
+        for name, loss in losses.items():
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            task_grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)]
+        for grads in task_grads.values():
+            mean_across_ranks(grads)
+        detached = {n: l.detach().clone() for n, l in losses.items()}
+        mean_across_ranks(list(detached.values()))
+        combined = self.combine_gradients(task_grads, detached)
+        total = sum(losses.values())
+        # d/dp of sum(p * c) is c: swap the sum's shared-parameter gradient for the combined one.
+        plain = [sum(task_grads[n][i] for n in losses) for i in range(len(shared))]
+        return total + sum((p * (c - s).detach()).sum() for p, c, s in zip(shared, combined, plain))
+
+    # -- state -------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Running or learnable state, by name; what ``state_dict`` and ``sync`` cover."""
         return {}
 
+    def state_dict(self) -> dict:
+        return {name: t.detach().cpu().tolist() for name, t in self.state_tensors().items()}
+
     def load_state_dict(self, state: dict) -> None:
-        pass
+        tensors = self.state_tensors()
+        missing = set(tensors) - set(state)
+        if tensors and missing:
+            raise KeyError(f"weighting state lacks {sorted(missing)} (saved by another weighting kind?)")
+        with torch.no_grad():
+            for name, t in tensors.items():
+                t.copy_(torch.tensor(state[name], dtype=t.dtype))
+
+    def sync(self) -> None:
+        """Average every state tensor across ranks (no-op without torch.distributed), so
+        that all ranks weight alike after each took its own shard's losses."""
+        mean_across_ranks(list(self.state_tensors().values()))
