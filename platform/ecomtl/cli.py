@@ -86,7 +86,7 @@ def cmd_serve(args) -> int:
     from ecomtl.serve.app import serve_bundle
 
     try:
-        serve_bundle({"bundle": args.bundle, "layout": args.layout}, host=args.host, port=args.port)
+        serve_bundle({"bundle": args.bundle, "layout": args.layout}, host=args.host, port=args.port, cpus=args.cpus)
     except (BundleError, ValidationError, ValueError) as err:
         print(f"ecomtl serve: {err}", file=sys.stderr)
         return 2
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--layout", choices=["shared", "naive"], default="shared")
+    s.add_argument("--cpus", type=float, help="CPUs the replicas may take together (default: what Ray has)")
     s.set_defaults(fn=cmd_serve)
     u = sub.add_parser("tune", help="Ray Tune + Optuna sweep of task weights, lr, ...; ASHA; best bundle")
     u.add_argument("config", help="experiment YAML with a 'tune:' section (may name a 'base:' YAML)")

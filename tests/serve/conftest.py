@@ -24,6 +24,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, data_root) -> str:
     from ecomtl.config.load import load_config
@@ -72,3 +77,23 @@ def served(serve_http, tiny_bundle):
     serve.run(build_app(make_app_args(tiny_bundle)), name="ecomtl", route_prefix="/")
     yield serve_http
     serve.delete("ecomtl")
+
+
+@pytest.fixture(scope="session")
+def deploy(serve_http):
+    """``with deploy(args, name, prefix) as base_url:`` an app for a block; deleted after."""
+    from contextlib import contextmanager
+
+    from ray import serve
+
+    from ecomtl.serve.app import build_app
+
+    @contextmanager
+    def run(args: dict, name: str, prefix: str):
+        serve.run(build_app(args), name=name, route_prefix=prefix)
+        try:
+            yield serve_http + prefix
+        finally:
+            serve.delete(name)
+
+    return run

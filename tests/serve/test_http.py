@@ -44,7 +44,19 @@ def test_tasks_health_openapi(served):
     assert tasks["match"]["input_fields"] == ["text", "text_pair"] and tasks["rating"]["labels"] == ["1", "2", "3", "4", "5"]
     assert requests.get(served + "/healthz", timeout=30).json()["status"] == "ok"
     paths = requests.get(served + "/openapi.json", timeout=30).json()["paths"]
-    assert {"/v1/tasks", "/v1/tasks/{task}", "/v1/predict", "/healthz"} <= set(paths)
+    assert {"/v1/tasks", "/v1/tasks/{task}", "/v1/predict", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_bundle_version_everywhere_and_readiness(served, tiny_bundle):
+    from ecomtl.model.bundle import bundle_version
+
+    version = bundle_version(tiny_bundle)
+    assert requests.get(served + "/v1/tasks", timeout=30).json()["bundle_version"] == version
+    ready = requests.get(served + "/readyz", timeout=60)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "bundle_version": version}
+    for r in (ready, post(served, "/v1/tasks/rating", {"inputs": "ok"}), post(served, "/v1/tasks/rating", {}),
+              requests.get(served + "/nowhere", timeout=30)):
+        assert r.headers["x-bundle-version"] == version, (r.status_code, r.headers)
 
 
 @pytest.mark.parametrize("task,inputs", [

@@ -10,8 +10,10 @@ keys fail with their dotted name) before any replica starts.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from ray.serve import Application
 
@@ -47,30 +49,55 @@ def build_app(args: Union[AppArgs, dict]) -> Application:
         h = args.head_args(task)
         heads[task] = Head.options(name=head_deployment_name(task), **h.serve_options()).bind(
             bundle, task, encoder, h.batching, h.torch_threads)
-    return Ingress.options(name="ingress", **args.ingress.serve_options()).bind(bundle, heads, encoder, args.limits)
+    return Ingress.options(name="ingress", **args.ingress.ingress_serve_options()).bind(bundle, heads, encoder, args)
 
 
 def serve_bundle(args: Union[AppArgs, dict], host: str = "127.0.0.1", port: int = 8000,
-                 name: str = "ecomtl", blocking: bool = True):
+                 name: str = "ecomtl", blocking: bool = True, cpus: Optional[float] = None, log=print):
     """``ecomtl serve BUNDLE``: the app on a local Ray (or the cluster of ``RAY_ADDRESS``),
-    HTTP on host:port, the OpenAPI page at /docs. Blocks until Ctrl-C, then shuts Serve down."""
+    HTTP on host:port, the OpenAPI page at /docs. Replica sizes not given in ``args`` are
+    fitted to the CPUs Ray has (serve/sizing.py). Blocks until Ctrl-C or SIGTERM, then
+    deletes the app and shuts Serve (and a Ray it started) down."""
+    import ray
     from ray import serve
 
     from ecomtl.ray_env import init_ray
+    from ecomtl.serve.sizing import describe, fit_to_machine
 
-    app = build_app(args)  # validate and check the bundle before starting anything
-    init_ray()
-    serve.start(http_options={"host": host, "port": port})
-    handle = serve.run(app, name=name, route_prefix="/")
-    print(f"ecomtl serving at http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
-    if not blocking:
-        return handle
+    args = dict(args.model_dump(exclude_unset=True) if isinstance(args, AppArgs) else args)
+    build_app(args)  # validate and check the bundle before starting anything
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does
+    started_ray = not ray.is_initialized()
     try:
-        import time
-
+        init_ray()
+        if not {"ingress", "encoder", "heads"} & set(args):
+            have = cpus or ray.available_resources().get("CPU", 0)
+            n = len(read_spec(build_bundle_path(args))["tasks"])
+            args.update(fit_to_machine(args.get("layout", "shared"), n, have))
+            log(f"ecomtl serve: sized for {have:g} CPUs: {describe(args)}", flush=True)
+        app = build_app(args)
+        timeout = AppArgs.model_validate(args).request_timeout_s
+        # the proxy's own deadline a little past the app's, so that the app's JSON 504 answers first
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": timeout + 5})
+        handle = serve.run(app, name=name, route_prefix="/")
+        log(f"ecomtl serving at http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
+        if not blocking:
+            return handle
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        log("ecomtl serve: stopping", flush=True)
     finally:
-        serve.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+        if blocking:
+            serve.shutdown()
+            if started_ray:
+                ray.shutdown()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def build_bundle_path(args: dict) -> str:
+    return str(Path(os.path.expandvars(args["bundle"])).expanduser())

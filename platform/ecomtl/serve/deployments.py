@@ -19,7 +19,6 @@ compares against).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Awaitable, Callable, Optional, TypeVar
@@ -27,7 +26,7 @@ from typing import Awaitable, Callable, Optional, TypeVar
 from ray import serve
 
 from ecomtl.model.bundle import load_bundle, read_spec
-from ecomtl.model.predictor import EncoderRunner, Features, HeadRunner, Limits, Preprocessor
+from ecomtl.model.predictor import EncoderRunner, Features, HeadRunner, Preprocessor
 from ecomtl.serve.schemas import Batching
 
 log = logging.getLogger("ray.serve")
@@ -76,6 +75,43 @@ async def with_retry(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+class Failed:
+    """One call's own error, returned in its slot of a batch's results (Serve hands each
+    caller its slot; the caller re-raises it) so that batch-mates still get answers."""
+
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+def unwrap(result):
+    if isinstance(result, Failed):
+        raise result.err
+    return result
+
+
+def about_the_input(err: BaseException) -> bool:
+    """Could one call's input be the cause? Not for overload or dead replicas: those
+    hit every call alike, and retrying one by one would only add load."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import RayServeException
+
+    return not (replica_died(err) or isinstance(err, (RayServeException, RayActorError)))
+
+
+async def isolated(calls: list, run: Callable[[list], Awaitable[list]]) -> list:
+    """``run(calls)``; if it fails, each call alone, so that only the bad one fails. Inputs
+    are validated at the edge, so this is the rare path: a defence, not a filter."""
+    try:
+        return await run(calls)
+    except Exception as err:
+        if len(calls) == 1 or not about_the_input(err):
+            return [Failed(err)] * len(calls)
+        log.warning("a batch of %d failed (%s); retrying its calls one by one", len(calls), type(err).__name__)
+    # concurrently, so that the good calls still share the next forward pass
+    alone = await asyncio.gather(*(run([call]) for call in calls), return_exceptions=True)
+    return [Failed(r) if isinstance(r, BaseException) else r[0] for r in alone]
+
+
 def encoder_rows(calls: list) -> int:
     return sum(len(feats.input_ids) for feats, _, _ in calls)
 
@@ -99,7 +135,7 @@ class Encoder:
         configure_batching(self.encode, batching)
 
     async def __call__(self, feats: Features, route: str, need_hidden: bool):
-        return await self.encode((feats, route, need_hidden))
+        return unwrap(await self.encode((feats, route, need_hidden)))
 
     # Batches count texts (rows), not calls: one 32-text request weighs 32 single-text
     # ones. Limits are reset from the args in __init__.
@@ -112,15 +148,20 @@ class Encoder:
             groups.setdefault((feats.merge_key(), route), []).append(i)
         out: list = [None] * len(calls)
         for (_, route), members in groups.items():
-            merged = Features.concat([calls[i][0] for i in members])
-            need_hidden = any(calls[i][2] for i in members)
-            # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
-            enc = await asyncio.to_thread(self.runner.encode, merged, route, need_hidden)
-            start = 0
-            for i in members:
-                n = len(calls[i][0].input_ids)
-                out[i] = enc.rows(start, start + n)
-                start += n
+            results = await isolated([calls[i] for i in members], lambda part, route=route: self._forward(part, route))
+            for i, r in zip(members, results):
+                out[i] = r
+        return out
+
+    async def _forward(self, part: list, route: str) -> list:
+        merged = Features.concat([feats for feats, _, _ in part])
+        need_hidden = any(h for _, _, h in part)
+        # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
+        enc = await asyncio.to_thread(self.runner.encode, merged, route, need_hidden)
+        out, start = [], 0
+        for feats, _, _ in part:
+            out.append(enc.rows(start, start + len(feats.input_ids)))
+            start += len(feats.input_ids)
         return out
 
 
@@ -144,11 +185,14 @@ class Head:
         configure_batching(self.predict_batch, batching)
 
     async def predict(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
-        return await self.predict_batch(items)
+        return unwrap(await self.predict_batch(items))
 
     # Two batches in flight: one waits on the encoder while the next is tokenised.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
-    async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
+    async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list:
+        return await isolated(calls, self._predict)
+
+    async def _predict(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
         feats = self.pre.features(self.source, [x for items in calls for x in items])
         if self.local is not None:
             async with self.forward_lock:

@@ -1,110 +1,81 @@
-"""The HTTP face: FastAPI routes on the Ingress deployment, and one JSON error shape.
+"""The HTTP face: the Ingress deployment and its FastAPI routes.
 
-Every refusal is ``{"error": {"code", "message", "details"?}}`` with a 4xx status:
-400 malformed_json / invalid_utf8, 404 unknown_task / not_found, 413 too_many_items /
-text_too_long, 422 invalid_request / empty_text / pair_required / pair_not_accepted.
-A 500 would be a bug: it still answers JSON, and the replica keeps serving.
+The FastAPI app is built on each replica (``__serve_build_asgi_app__``) from the bundle
+it serves, so that the OpenAPI page names the real tasks and limits: one operation per
+task with its own input shape, and /v1/predict with the task names as enums
+(serve/inputs.py).
+Error shape and codes: serve/errors.py; auth, admission, body limit, headers:
+serve/guards.py. Each request has one deadline (``request_timeout_s``, retries included).
 """
 
-# No `from __future__ import annotations` here: Serve's class-based view re-reads the
-# route signatures, and string annotations would turn the JSON bodies into query params.
+# No `from __future__ import annotations` here: FastAPI reads the route signatures.
 
 import asyncio
 import logging
+from typing import Awaitable, Callable, TypeVar
 
-from fastapi import FastAPI, Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from ray import serve
-from starlette.exceptions import HTTPException  # FastAPI's subclasses it; routing raises this one
-from starlette.requests import Request
 
-from ecomtl.model.predictor import InputError, Limits, Preprocessor
+from ecomtl.model.bundle import bundle_version
+from ecomtl.model.predictor import Preprocessor
 from ecomtl.serve.deployments import load_tokenizer, read_spec, replica_died, with_retry
-from ecomtl.serve.schemas import (ErrorResponse, PredictRequest, PredictResponse, TaskRequest, TaskResponse,
-                                  TasksResponse, task_infos)
+from ecomtl.serve.errors import ServiceError, install_handlers
+from ecomtl.serve.guards import Edge, read_keys
+from ecomtl.serve.inputs import Shapes
+from ecomtl.serve.schemas import AppArgs, ErrorResponse, PredictResponse, TaskResponse, TasksResponse, task_infos
 from ecomtl.tasks import TASK_HEADS
 
 log = logging.getLogger("ray.serve")
-ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-          422: {"model": ErrorResponse}}
-
-api = FastAPI(title="ecomtl", version="1", description="Multi-task e-commerce text models: one shared encoder, "
-                                                        "one autoscaling deployment per task head.")
-
-
-def error(status: int, code: str, message: str, details=None) -> JSONResponse:
-    body = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    return JSONResponse(status_code=status, content={"error": body})
-
-
-@api.exception_handler(InputError)
-async def _input_error(request: Request, exc: InputError):
-    return error(exc.status, exc.code, exc.message)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError):
-    errs = exc.errors()
-    bad_json = [e for e in errs if e.get("type") == "json_invalid"]
-    if bad_json:
-        e = bad_json[0]
-        return error(400, "malformed_json", f"request body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])} "
-                                            f"at character {e['loc'][-1]}")
-    details = [{"field": ".".join(str(x) for x in e["loc"]), "problem": e["msg"]} for e in errs]
-    summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
-    return error(422, "invalid_request", f"invalid request: {summary}", details)
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException):
-    cause = exc.__cause__
-    if isinstance(cause, UnicodeDecodeError):  # FastAPI hides it behind a generic 400
-        return error(400, "invalid_utf8", f"request body is not UTF-8: byte {cause.start} "
-                                          f"({cause.object[cause.start:cause.start + 1]!r}) cannot be decoded")
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error(exc.status_code, code, str(exc.detail))
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception):
-    log.exception("unexpected error")
-    return error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+T = TypeVar("T")
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 503, 504)}
 
 
 @serve.deployment
-@serve.ingress(api)
+@serve.ingress()
 class Ingress:
-    def __init__(self, bundle: str, heads: dict, encoder, limits: Limits):
+    def __init__(self, bundle: str, heads: dict, encoder, args: AppArgs):
         self.spec = read_spec(bundle)
-        self.pre = Preprocessor(load_tokenizer(bundle), self.spec, limits)
+        self.args, self.limits = args, args.limits
+        self.pre = Preprocessor(load_tokenizer(bundle), self.spec, self.limits)
         self.heads, self.encoder = heads, encoder  # encoder is None in the naive layout
-        self.info = TasksResponse(tasks=task_infos(self.spec), max_items=limits.max_items,
-                                  max_text_chars=limits.max_text_chars)
+        self.version = bundle_version(bundle)
+        self.keys = read_keys(args.auth)  # fail closed: no key found → the replica does not start
+        self.info = TasksResponse(tasks=task_infos(self.spec), max_items=self.limits.max_items,
+                                  max_text_chars=self.limits.max_text_chars, bundle_version=self.version)
 
-    @api.get("/healthz", summary="liveness: the app is up and knows its tasks")
-    async def health(self) -> dict:
-        return {"status": "ok", "tasks": len(self.spec["tasks"])}
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
 
-    @api.get("/v1/tasks", response_model=TasksResponse, summary="tasks, head types, labels, input fields")
-    async def tasks(self) -> TasksResponse:
-        return self.info
+    async def within_deadline(self, call: Callable[[], Awaitable[T]]) -> T:
+        """The request's one deadline, and downstream refusals as JSON-able errors."""
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    @api.post("/v1/tasks/{task}", response_model=TaskResponse, responses=ERRORS,
-              summary="one task on one input or a list of inputs")
-    async def predict_task(self, body: TaskRequest, task: str = PathParam(description="task name")) -> TaskResponse:
-        items = body.items()
+        retry = {"Retry-After": str(self.args.retry_after_s)}
+        try:
+            out = await asyncio.wait_for(call(), self.args.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(504, "timeout", f"no answer within {self.args.request_timeout_s} s") from None
+        except BackPressureError:
+            raise ServiceError(503, "overloaded", "a deployment's queue is full; retry later", retry) from None
+        except DeploymentUnavailableError:
+            raise ServiceError(503, "unavailable", "a deployment is not available; retry later", retry) from None
+        except Exception as err:
+            if replica_died(err):  # after the retries
+                raise ServiceError(503, "unavailable", "replicas kept failing; retry later", retry) from None
+            raise
+        return out
+
+    async def predict_task(self, task: str, items: list) -> TaskResponse:
         self.pre.group([task], items)  # validation only: raises InputError
-        preds = await with_retry(lambda: self.heads[task].predict.remote(items))
+        preds = await self.within_deadline(lambda: with_retry(lambda: self.heads[task].predict.remote(items)))
         return TaskResponse(task=task, predictions=preds)
 
-    @api.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
-              summary="several tasks on the same inputs; the encoder runs once per source")
-    async def predict_many(self, body: PredictRequest) -> PredictResponse:
-        items = body.items()
-        groups = self.pre.group(body.tasks, items)
+    async def predict_many(self, tasks: list[str], items: list) -> PredictResponse:
+        groups = self.pre.group(tasks, items)
+        return await self.within_deadline(lambda: self._predict_many(groups, items))
+
+    async def _predict_many(self, groups: dict, items: list) -> PredictResponse:
         if self.encoder is None:  # naive: every task deployment runs its own encoder
             calls = {t: with_retry(lambda t=t: self.heads[t].predict.remote(items)) for ts in groups.values() for t in ts}
         else:
@@ -127,3 +98,63 @@ class Ingress:
             if not replica_died(err):
                 raise
             return await with_retry(lambda: self.heads[task].apply.remote(self.encoder.remote(feats, route, need_hidden), feats))
+
+    async def ready(self) -> dict:
+        """One real prediction through a head (and the encoder behind it)."""
+        task = next(iter(self.spec["tasks"]))
+        probe = ("ready", "ready") if self.pre.task_kind(task) == "pair" else ("ready", None)
+        try:
+            await asyncio.wait_for(self.heads[task].predict.remote([probe]), min(10.0, self.args.request_timeout_s))
+        except Exception as err:
+            log.warning("readiness probe failed: %s", type(err).__name__)
+            raise ServiceError(503, "not_ready", "the model is not answering yet",
+                               {"Retry-After": str(self.args.retry_after_s)}) from None
+        return {"status": "ready", "bundle_version": self.version}
+
+
+def build_api(ing: Ingress) -> FastAPI:
+    shapes = Shapes({t: ing.pre.task_kind(t) == "pair" for t in ing.spec["tasks"]}, ing.limits)
+    api = FastAPI(title="ecomtl", version=ing.version,
+                  description="Multi-task e-commerce text models: one shared encoder, one autoscaling deployment "
+                              f"per task head. Bundle {ing.version}.")
+    install_handlers(api, list(ing.spec["tasks"]))
+    admitted = ing.args.ingress.ongoing + ing.args.ingress.queued
+    api.add_middleware(Edge, version=ing.version, keys=ing.keys, max_in_flight=admitted,
+                       retry_after_s=ing.args.retry_after_s, max_body_bytes=ing.args.body_limit)
+
+    @api.get("/healthz", summary="liveness: the app is up and knows its tasks")
+    async def health() -> dict:
+        return {"status": "ok", "tasks": len(ing.spec["tasks"])}
+
+    @api.get("/readyz", responses={503: {"model": ErrorResponse}},
+             summary="readiness: a probe prediction went through a head and the encoder")
+    async def ready() -> dict:
+        return await ing.ready()
+
+    @api.get("/v1/tasks", response_model=TasksResponse, responses={401: {"model": ErrorResponse}},
+             summary="tasks, head types, labels, input fields, limits, bundle version")
+    async def tasks() -> TasksResponse:
+        return ing.info
+
+    # One operation per task, so that its input shape (one text or a pair) is in its schema.
+    for info in ing.info.tasks:
+        add_task_route(api, ing, info.name, shapes.task[info.name], f"{info.name}: {info.head} head on {info.input} input")
+
+    @api.post("/v1/tasks/{task}", include_in_schema=False)
+    async def unknown_task(task: str) -> None:
+        ing.pre.task_source(task)  # raises the 404 naming the known tasks
+
+    @api.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
+              summary="several tasks on the same inputs; the encoder runs once per source")
+    async def predict_many(body: shapes.predict) -> PredictResponse:
+        return await ing.predict_many([t.value for t in body.tasks], body.items())
+
+    return api
+
+
+def add_task_route(api: FastAPI, ing: Ingress, task: str, model, summary: str) -> None:
+    async def predict_task(body: model) -> TaskResponse:
+        return await ing.predict_task(task, body.items())
+
+    api.post(f"/v1/tasks/{task}", response_model=TaskResponse, responses=ERRORS, summary=summary,
+             operation_id=f"predict_{task}")(predict_task)

@@ -10,7 +10,7 @@ Limits policy (see serve_configs/README.md):
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,26 +22,6 @@ class Strict(BaseModel):
 
 
 # -- requests and responses --------------------------------------------------------------
-class Item(Strict):
-    text: str = Field(description="the text (for matching: the first offer)")
-    text_pair: Optional[str] = Field(None, description="the second offer, for pair (matching) tasks only")
-
-
-Inputs = Union[str, Item, list[Union[str, Item]]]
-
-
-class TaskRequest(Strict):
-    inputs: Inputs = Field(description="one input or a list: a string, or {text, text_pair}")
-
-    def items(self) -> list[tuple[str, Optional[str]]]:
-        raw = self.inputs if isinstance(self.inputs, list) else [self.inputs]
-        return [(x, None) if isinstance(x, str) else (x.text, x.text_pair) for x in raw]
-
-
-class PredictRequest(TaskRequest):
-    tasks: list[str] = Field(min_length=1, description="task names; the encoder runs once per source")
-
-
 class TaskResponse(BaseModel):
     task: str
     predictions: list[dict[str, Any]]
@@ -64,12 +44,15 @@ class TasksResponse(BaseModel):
     tasks: list[TaskInfo]
     max_items: int
     max_text_chars: int
+    bundle_version: str = Field(description="the bundle's manifest hash; also the X-Bundle-Version header")
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
-    details: Optional[list[dict[str, Any]]] = None
+    request_id: str = Field(description="quote it when reporting a problem: the replica log has the details")
+    details: Optional[list[dict[str, Any]]] = Field(None, description="the first errors, at most 20")
+    more_details: Optional[int] = Field(None, description="how many errors were left out of details")
 
 
 class ErrorResponse(BaseModel):
@@ -105,6 +88,9 @@ class DeploymentArgs(Strict):
     batching: Batching = Batching()
     max_ongoing_requests: Optional[int] = Field(
         None, ge=1, description="default 2 × max_batch_size: one batch runs while the next fills")
+    max_queued_requests: Optional[int] = Field(
+        None, ge=1, description="requests waiting beyond max_ongoing_requests before callers get 503 "
+                                "(default 4 × max_ongoing_requests: bounded, so overload sheds instead of piling up)")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
 
     @field_validator("autoscaling_config")
@@ -123,12 +109,26 @@ class DeploymentArgs(Strict):
             raise ValueError(f"unknown ray_actor_options {sorted(unknown)}; known: {sorted(ACTOR_OPTIONS)}")
         return v
 
+    @property
+    def ongoing(self) -> int:
+        return self.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+    @property
+    def queued(self) -> int:
+        return self.max_queued_requests or 4 * self.ongoing
+
     def serve_options(self) -> dict:
-        return {
-            "autoscaling_config": self.autoscaling_config,
-            "ray_actor_options": self.ray_actor_options,
-            "max_ongoing_requests": self.max_ongoing_requests or 2 * self.batching.max_batch_size,
-        }
+        return {"autoscaling_config": self.autoscaling_config, "ray_actor_options": self.ray_actor_options,
+                "max_ongoing_requests": self.ongoing, "max_queued_requests": self.queued}
+
+    def ingress_serve_options(self) -> dict:
+        """The ingress admits ``ongoing + queued`` requests itself and answers the next
+        with a JSON 503: Serve's own refusal (``max_queued_requests`` at the proxy) is
+        plain text. So Serve lets a little more through than the ingress admits and
+        never queues for it."""
+        admitted = self.ongoing + self.queued
+        return {**self.serve_options(), "max_ongoing_requests": admitted + max(8, admitted // 4),
+                "max_queued_requests": -1}
 
 
 class DeploymentOverride(Strict):
@@ -138,7 +138,21 @@ class DeploymentOverride(Strict):
     ray_actor_options: Optional[dict[str, Any]] = None
     batching: Optional[Batching] = None
     max_ongoing_requests: Optional[int] = Field(None, ge=1)
+    max_queued_requests: Optional[int] = Field(None, ge=1)
     torch_threads: Optional[int] = Field(None, ge=1)
+
+
+class AuthArgs(Strict):
+    """Optional API keys: with a source given, every route but /healthz and /readyz needs
+    ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``). Keys are read on each replica,
+    one per line; a source that yields no key stops the replica (fail closed)."""
+
+    api_keys_env: Optional[str] = Field(None, description="environment variable holding keys (comma or newline separated)")
+    api_keys_file: Optional[str] = Field(None, description="file with one key per line")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys_env or self.api_keys_file)
 
 
 class AppArgs(Strict):
@@ -150,7 +164,14 @@ class AppArgs(Strict):
                              "naive: every task deployment holds the full model (baseline)")
     max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=4096,
                            description="inputs per request; at most every batching.max_batch_size")
-    max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=1)
+    max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=1, le=1_000_000)
+    max_body_bytes: Optional[int] = Field(
+        None, ge=1024, description="request body limit (413 beyond); default: room for max_items pairs of "
+                                   "max_text_chars characters, each written as a 6-byte JSON \\u escape")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="one deadline per request, retries "
+                                                                       "included; 504 beyond")
+    retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After of an overload 503")
+    auth: AuthArgs = AuthArgs()
     ingress: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
     encoder: DeploymentArgs = DeploymentArgs()
     heads: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
@@ -159,6 +180,10 @@ class AppArgs(Strict):
     @property
     def limits(self) -> Limits:
         return Limits(self.max_items, self.max_text_chars)
+
+    @property
+    def body_limit(self) -> int:
+        return self.max_body_bytes or self.max_items * 2 * self.max_text_chars * 6 + 64 * 1024
 
     def head_args(self, task: str) -> DeploymentArgs:
         override = self.tasks.get(task)
