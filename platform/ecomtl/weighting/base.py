@@ -21,6 +21,7 @@ lists, since the loop writes it into trainer_state.json) and averaged across ran
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -50,6 +51,31 @@ def mean_across_ranks(tensors: list[torch.Tensor]) -> None:
             offset += t.numel()
 
 
+@contextmanager
+def engine_hooks_suspended(outputs):
+    """Lift DeepSpeed's backward hooks off a forward's ``outputs`` for the block, then put
+    them back fresh (so the next backward, ``engine.backward``, runs its prologue). They
+    are found where DeepSpeed keeps them alive, on the first output tensor; older
+    DeepSpeed versions have none and this does nothing."""
+    tensors = [t for t in _tensors(outputs) if isinstance(t, torch.Tensor)]
+    managers = [m for t in tensors for m in getattr(t, "_backward_hook_managers", [])]
+    for manager in managers:
+        manager.remove_hooks()
+    try:
+        yield
+    finally:
+        for manager in managers:
+            manager.register_hooks_on_outputs(outputs)
+
+
+def _tensors(outputs):
+    if isinstance(outputs, dict):
+        return [t for v in outputs.values() for t in _tensors(v)]
+    if isinstance(outputs, (list, tuple)):
+        return [t for v in outputs for t in _tensors(v)]
+    return [outputs]
+
+
 def stack_flat(task_grads: dict[str, list[torch.Tensor]]) -> torch.Tensor:
     """[tasks, parameters] matrix of the per-task gradients, each flattened (fp32: the
     dot products of gradient surgery are sums over millions of terms)."""
@@ -70,6 +96,8 @@ class Weighting(Plugin):
     needs_full_gradients: ClassVar[bool] = False
     #: the loop calls ``backward_loss`` instead of ``combine`` (gradient-level methods)
     owns_backward: ClassVar[bool] = False
+    #: the loop calls ``update`` with the losses of the updated model (an extra forward)
+    updates_after_step: ClassVar[bool] = False
 
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg
@@ -108,18 +136,25 @@ class Weighting(Plugin):
         """One gradient per shared parameter from each task's (same-shaped) gradients."""
         raise NotImplementedError
 
-    def backward_loss(self, losses: dict[str, torch.Tensor], shared: list[torch.Tensor]) -> torch.Tensor:
+    def backward_loss(self, losses: dict[str, torch.Tensor], shared: list[torch.Tensor],
+                      outputs=None) -> torch.Tensor:
         """A loss whose gradient over ``shared`` is ``combine_gradients`` of the per-task
         gradients and over every other parameter (the heads) is that of the plain sum.
 
         Per-task gradients are averaged across ranks first, so every rank combines the
         same gradients (PCGrad of averaged gradients, not an average of local PCGrads) and
-        GradNorm's weights stay equal without another sync."""
+        GradNorm's weights stay equal without another sync.
+
+        ``outputs``: what the DeepSpeed engine's forward returned, when the losses come
+        from it. DeepSpeed >= 0.18 hooks those tensors to start its backward bookkeeping
+        (and scale by accumulation steps) on the first gradient through them; the per-task
+        gradients must not trigger that, only the later ``engine.backward``."""
         shared = [p for p in shared if p.requires_grad]
         task_grads = {}
-        for name, loss in losses.items():
-            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-            task_grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)]
+        with engine_hooks_suspended(outputs):
+            for name, loss in losses.items():
+                grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+                task_grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)]
         for grads in task_grads.values():
             mean_across_ranks(grads)
         detached = {n: l.detach().clone() for n, l in losses.items()}

@@ -36,6 +36,7 @@ class FAMOWeighting(Weighting):
     """FAMO (Liu et al. 2023): O(1) adaptive weights, logits updated from the loss change."""
 
     Options = FAMOOptions
+    updates_after_step = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
