@@ -41,8 +41,11 @@ def mean_across_ranks(tensors: list[torch.Tensor]) -> None:
 
     if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
+    # NCCL reduces only CUDA tensors, and weighting state lives on the CPU
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     with torch.no_grad():
         flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        flat = flat.to(device) if device is not None else flat
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= dist.get_world_size()
         offset = 0
@@ -58,7 +61,8 @@ def engine_hooks_suspended(outputs):
     are found where DeepSpeed keeps them alive, on the first output tensor; older
     DeepSpeed versions have none and this does nothing."""
     tensors = [t for t in _tensors(outputs) if isinstance(t, torch.Tensor)]
-    managers = [m for t in tensors for m in getattr(t, "_backward_hook_managers", [])]
+    # de-duplicated: each re-registration appends the manager to that list once more
+    managers = list({id(m): m for t in tensors for m in getattr(t, "_backward_hook_managers", [])}.values())
     for manager in managers:
         manager.remove_hooks()
     try:
@@ -174,9 +178,13 @@ class Weighting(Plugin):
         return {name: t.detach().cpu().tolist() for name, t in self.state_tensors().items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """``{}`` (a checkpoint from before this weighting kept state) loads nothing; a
+        partial state is another kind's or version's and is refused."""
+        if not state:
+            return
         tensors = self.state_tensors()
         missing = set(tensors) - set(state)
-        if tensors and missing:
+        if missing:
             raise KeyError(f"weighting state lacks {sorted(missing)} (saved by another weighting kind?)")
         with torch.no_grad():
             for name, t in tensors.items():
