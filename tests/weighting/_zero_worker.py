@@ -27,8 +27,8 @@ class Tiny(nn.Module):
         return {t: head(h).squeeze(-1) for t, head in self.heads.items()}
 
 
-def batch(rank: int, step: int):
-    g = torch.Generator().manual_seed(100 * rank + step)
+def batch(rank: int, step: int, micro: int = 0):
+    g = torch.Generator().manual_seed(100 * rank + 10 * step + micro)
     x = torch.randn(6, 3, generator=g)
     # opposite targets: the two tasks' shared-trunk gradients conflict
     return x, {"rating": x.sum(1), "match": -2 * x[:, 0] + 1.0}
@@ -69,11 +69,13 @@ def weighting_opt(w):
     return torch.optim.SGD(w.parameters(), lr=LR) if w.parameters() else None
 
 
-def reference_step(model, w, x, y, rank):
-    """One SGD step of the plain model, gradients averaged over ranks (DDP semantics)."""
+def reference_step(model, w, rank, gas):
+    """One SGD step of the plain model over ``gas`` micro-batches, gradients averaged
+    over micro-batches and ranks (what data parallelism with accumulation means)."""
     opt, wopt = torch.optim.SGD(model.parameters(), lr=LR), weighting_opt(w)
-    losses = task_losses(model, x, y)
-    weighted_loss(w, losses, 0, list(model.shared.parameters())).backward()
+    for micro in range(gas):
+        x, y = batch(rank, 0, micro)
+        (weighted_loss(w, task_losses(model, x, y), 0, list(model.shared.parameters())) / gas).backward()
     for p in [*model.parameters(), *w.parameters()]:
         dist.all_reduce(p.grad)
         p.grad /= dist.get_world_size()
@@ -82,7 +84,7 @@ def reference_step(model, w, x, y, rank):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def run_cell(stage: int, kind: str, cfg, rank: int) -> dict:
+def run_cell(stage: int, kind: str, gas: int, cfg, rank: int) -> dict:
     import deepspeed
 
     from ecomtl.weighting import WEIGHTINGS
@@ -93,20 +95,21 @@ def run_cell(stage: int, kind: str, cfg, rank: int) -> dict:
     w, w_ref = WEIGHTINGS.get(kind)(cfg), WEIGHTINGS.get(kind)(cfg)
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
-        config={"train_micro_batch_size_per_gpu": 6, "gradient_accumulation_steps": 1,
+        config={"train_micro_batch_size_per_gpu": 6, "gradient_accumulation_steps": gas,
                 "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
                 "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 unless told; the reference does not
                 "steps_per_print": 10**9})
     wopt = weighting_opt(w)
     shared = list(engine.module.shared.parameters())
     for step in range(3):  # DWA first uses a loss ratio at the third
-        x, y = batch(rank, step)
-        losses, outputs = task_losses(engine, x, y, with_outputs=True)
-        engine.backward(weighted_loss(w, losses, step, shared, outputs))
-        engine.step()
+        for micro in range(gas):  # DeepSpeed steps the optimizer at the last one
+            x, y = batch(rank, step, micro)
+            losses, outputs = task_losses(engine, x, y, with_outputs=True)
+            engine.backward(weighted_loss(w, losses, step, shared, outputs))
+            engine.step()
         after_step(w, wopt, engine, x, y)
         if step == 0:
-            expected = reference_step(reference, w_ref, x, y, rank)
+            expected = reference_step(reference, w_ref, rank, gas)
             first = (flat_params(engine.module, stage) - expected).abs().max().item()
     return {"first_step_error": first, "params": flat_params(engine.module, stage).tolist(),
             "state": w.state_dict()}
@@ -117,7 +120,7 @@ def main(rank: int, world: int, port: int, cells: list, cfgs: dict, out_dir: str
                       WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        out = {f"{stage}/{kind}": run_cell(stage, kind, cfgs[kind], rank) for stage, kind in cells}
+        out = {f"{stage}/{kind}/{gas}": run_cell(stage, kind, gas, cfgs[kind], rank) for stage, kind, gas in cells}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
     finally:
