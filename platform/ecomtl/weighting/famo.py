@@ -28,7 +28,7 @@ class FAMOOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lr: float = Field(0.025, gt=0, description="Adam step size of the task logits (the paper's 0.025)")
     gamma: float = Field(0.01, ge=0, description="weight decay of the logits (the paper's 0.01; pulls to equal)")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of the logits (the official code's)")
 
 
 @WEIGHTINGS.register("famo")
