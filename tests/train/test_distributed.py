@@ -29,6 +29,15 @@ def fixed_batch_cfg(tmp_path, data_root, stage: int, extra=()):
     ])
 
 
+def lora_decoder_overrides(decoder_tokenizer_dir, mode="per_task"):
+    """A tiny random Llama (its tokenizer has no pad token) with LoRA over a frozen base."""
+    return ["model.backbone=decoder", f"model.pretrained={decoder_tokenizer_dir}",
+            "model.tiny={family: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
+            "num_key_value_heads: 2, intermediate_size: 64}",
+            "model.adapter.kind=lora", f"model.adapter.options={{mode: {mode}, r: 4, alpha: 8, dropout: 0.0}}",
+            "optim.lr=1e-2"]
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_two_workers_each_zero_stage_learn_and_export(stage, ray_local, tmp_path, data_root):
     cfg = fixed_batch_cfg(tmp_path, data_root, stage)
@@ -62,13 +71,7 @@ def test_decoder_with_lora_learns_under_zero(mode, stage, ray_local, tmp_path, d
 
     from ecomtl.model.bundle import load_bundle
 
-    cfg = fixed_batch_cfg(tmp_path, data_root, stage, [
-        "model.backbone=decoder", f"model.pretrained={decoder_tokenizer_dir}",
-        "model.tiny={family: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
-        "num_key_value_heads: 2, intermediate_size: 64}",
-        "model.adapter.kind=lora", f"model.adapter.options={{mode: {mode}, r: 4, alpha: 8, dropout: 0.0}}",
-        "optim.lr=1e-2",
-    ])
+    cfg = fixed_batch_cfg(tmp_path, data_root, stage, lora_decoder_overrides(decoder_tokenizer_dir, mode))
     out = train_experiment(cfg, run_name=f"lora-{mode}-zero{stage}", log=lambda *_: None)
     train = [h for h in out.history if h["kind"] == "train"]
     for task in ("rating", "stars", "attributes"):
@@ -90,20 +93,32 @@ def test_decoder_with_lora_learns_under_zero(mode, stage, ray_local, tmp_path, d
             torch.testing.assert_close(v, base[k], rtol=0, atol=0)
 
 
-def test_resume_continues_from_saved_step(ray_local, tiny_cfg):
-    first = tiny_cfg.model_copy(deep=True)
-    first.training.steps, first.training.eval_every = 6, 3
-    train_experiment(first, run_name="resume", log=lambda *_: None)
+def test_resume_continues_from_saved_step(ray_local, tmp_path, data_root, decoder_tokenizer_dir):
+    """Per-task LoRA on a decoder, 2 workers, ZeRO-2 (optimizer state partitioned across
+    ranks): a run stopped at step 12 and restarted under the same name continues from
+    its checkpoint (steps, adapters, optimizer state), not from scratch."""
+    from safetensors.torch import load_file
 
-    more = tiny_cfg.model_copy(deep=True)
-    more.training.steps, more.training.eval_every = 12, 3
+    extra = lora_decoder_overrides(decoder_tokenizer_dir)
+    first = fixed_batch_cfg(tmp_path, data_root, 2, extra + ["training.steps=12"])
+    out1 = train_experiment(first, run_name="resume", log=lambda *_: None)
+    more = fixed_batch_cfg(tmp_path, data_root, 2, extra)
     out = train_experiment(more, run_name="resume", log=lambda *_: None)
-    steps = [h["step"] for h in out.history if h["kind"] == "train"]
-    assert steps == [3, 6, 9, 12], steps  # 3 and 6 from the first run, no restart at 0
-    evals = [h["step"] for h in out.history if h["kind"] == "eval"]
-    assert evals == [3, 6, 9, 12]
-    state = json.loads(Path(out.run_dir, "step_0000012", "trainer_state.json").read_text())
-    assert state["step"] == 12 and state["micro"] == 12 * tiny_cfg.training.grad_accum
+    train = [h for h in out.history if h["kind"] == "train"]
+    assert [h["step"] for h in train] == [4, 8, 12, 16, 20, 24]  # 4-12 from the first run
+    assert [h["step"] for h in out.history if h["kind"] == "eval"] == [12, 24]
+    state = json.loads(Path(out.run_dir, "step_0000024", "trainer_state.json").read_text())
+    assert state["step"] == 24 and state["micro"] == 24 * more.training.grad_accum
+    # the resumed steps start where the first run ended: a restart would log the
+    # untrained loss again at step 16
+    for task in ("rating", "attributes"):
+        start, stop, after = (train[i][f"train_loss/{task}"] for i in (0, 2, 3))
+        assert after < start - 0.5 * (start - stop), f"{task}: {start:.3f} → {stop:.3f}, resumed at {after:.3f}"
+    # and the adapters kept training from the saved ones
+    a = load_file(str(Path(out1.bundle) / "model.safetensors"))
+    b = load_file(str(Path(out.bundle) / "model.safetensors"))
+    assert a.keys() == b.keys() and any("lora_B.rating." in k for k in a)
+    assert any(not bool((a[k] == b[k]).all()) for k in a if "lora_" in k)
 
 
 def test_early_stopping_on_the_aggregate(ray_local, tiny_cfg):

@@ -127,6 +127,9 @@ class TrainingRun:
             batch, real = self.next_batch(source)
             state["source_batches"][source] += 1
             tasks = self.by_source[source]
+            # counted on the host before the copy: reading them off a GPU would sync
+            mask = batch["attention_mask"]
+            rows, width, tokens = (len(mask), mask.shape[1], int(mask.sum())) if real else (0, mask.shape[1], 0)
             batch = to_device(batch, self.device)
             with torch.autocast(device_type=self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                 losses = self.model.losses(self.engine(batch, tasks), batch)
@@ -135,9 +138,7 @@ class TrainingRun:
                     loss = loss * 0.0
             self.engine.backward(loss)
             self.engine.step()
-            mask = batch["attention_mask"]
-            self.progress.add({t: v.detach() for t, v in losses.items()}, len(mask) if real else 0, mask.shape[1],
-                              int(mask.sum()) if real else 0)
+            self.progress.add({t: v.detach() for t, v in losses.items()}, rows, width, tokens)
         state["step"] += 1
 
     # -- evaluation ------------------------------------------------------------------------
@@ -235,6 +236,7 @@ class TrainingRun:
                 _, stop = self.track_best(metrics)
                 self.save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
                                                "timing/eval_s": time.perf_counter() - t_eval})
+                self.progress.restart_window()
                 if stop:
                     break
 

@@ -38,7 +38,7 @@ class Progress:
         self.samples = self.tokens = 0
         self.flops = 0.0
         self.losses = defaultdict(list)
-        self.window_samples = 0
+        self.window_samples, self.window_flops = 0, 0.0
         self._fpt_cache: dict[int, float] = {}
 
     def add(self, losses: dict[str, torch.Tensor], batch_size: int, seq_len: int, real_tokens: int) -> None:
@@ -52,15 +52,25 @@ class Progress:
         self.tokens += real_tokens * self.world
         if seq_len not in self._fpt_cache:
             self._fpt_cache[seq_len] = flops_per_token(self.encoder, seq_len)
-        self.flops += self._fpt_cache[seq_len] * batch_size * seq_len * self.world
+        flops = self._fpt_cache[seq_len] * batch_size * seq_len * self.world
+        self.flops += flops
+        self.window_flops += flops
+
+    def restart_window(self) -> None:
+        """Start the next rate window now: time spent evaluating or checkpointing after a
+        line is not training time."""
+        self.t_last = time.perf_counter()
 
     def line(self, step: int, lr: float) -> tuple[str, dict]:
+        """``samples_per_s`` is the rate of the steps since the last line (training time
+        only, see ``restart_window``); the ETA uses the whole run's pace."""
         now = time.perf_counter()
         elapsed = now - self.t0
         done = step - self.start
-        rate = self.samples / elapsed if elapsed else 0.0
+        window = now - self.t_last
+        rate = self.window_samples / window if window > 0 else 0.0
         eta = elapsed / done * (self.total - step) if done else 0.0
-        tflops = self.flops / elapsed / 1e12 if elapsed else 0.0
+        tflops = self.window_flops / window / 1e12 if window > 0 else 0.0
         losses = {t: float(torch.stack(v).float().mean()) for t, v in sorted(self.losses.items())}
         loss_txt = " ".join(f"{t} {v:.3f}" for t, v in losses.items())
         mfu = f" | MFU {100 * tflops / self.peak:.1f}%" if self.peak else ""
@@ -70,5 +80,5 @@ class Progress:
             f"eta {fmt_seconds(eta)}"
         )
         self.losses.clear()
-        self.t_last = now
+        self.t_last, self.window_samples, self.window_flops = now, 0, 0.0
         return text, {"step": step, "samples_per_s": rate, "tflops": tflops, **{f"train_loss/{t}": v for t, v in losses.items()}}
