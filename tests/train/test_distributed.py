@@ -121,6 +121,24 @@ def test_resume_continues_from_saved_step(ray_local, tmp_path, data_root, decode
     assert any(not bool((a[k] == b[k]).all()) for k in a if "lora_" in k)
 
 
+@pytest.mark.parametrize("kind,stage", [("pcgrad", 1), pytest.param("uncertainty", 3, marks=SLOW),
+                                        pytest.param("famo", 2, marks=SLOW)])
+def test_adaptive_weighting_trains_under_zero(kind, stage, ray_local, tmp_path, data_root):
+    """Each way a weighting hooks into the step, through the real loop on 2 workers: a
+    surrogate backward (pcgrad), learnable tensors (uncertainty), a post-step update
+    (famo). Losses fall on a fixed batch and the weighting's state is checkpointed
+    (rank equality of that state: tests/weighting/test_zero_matrix.py)."""
+    cfg = fixed_batch_cfg(tmp_path, data_root, stage, [f"weighting.kind={kind}"])
+    out = train_experiment(cfg, run_name=f"{kind}-zero{stage}", log=lambda *_: None)
+    train = [h for h in out.history if h["kind"] == "train"]
+    for task in ("rating", "stars", "attributes"):
+        first, last = train[0][f"train_loss/{task}"], train[-1][f"train_loss/{task}"]
+        assert last < 0.8 * first, f"{kind} ZeRO-{stage}: {task} loss {first:.3f} → {last:.3f}"
+    state = json.loads(Path(out.run_dir, "step_0000024", "trainer_state.json").read_text())
+    if kind != "pcgrad":  # pcgrad keeps no state
+        assert state["weighting"] and all(len(v) for v in state["weighting"].values()), state["weighting"]
+
+
 def test_early_stopping_on_the_aggregate(ray_local, tiny_cfg):
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.optim.lr, cfg.optim.head_lr = 1e-12, 1e-12  # nothing changes: the aggregate cannot improve

@@ -1,6 +1,6 @@
 """What each of the 2 gloo processes of test_zero_matrix.py runs: a tiny shared trunk +
 two heads under a real DeepSpeed engine at one ZeRO stage, one weighting driven the way
-the training loop should (see weighting/README.md), against a plain-autograd reference
+the training loop does (README "Loss weightings"; train/loop.py), against a plain-autograd reference
 that averages gradients over ranks as data parallelism means."""
 
 from __future__ import annotations

@@ -103,6 +103,13 @@ class TrainingRun:
         self.device = self.engine.device
         self.autocast = torch.bfloat16 if use_bf16(cfg, self.on_gpu) else None
         self.weighting = WEIGHTINGS.get(cfg.weighting.kind)(cfg)
+        # Gradient-level weightings combine per-task gradients of what the tasks share.
+        self.shared_params = [p for name, p in self.model.named_parameters()
+                              if p.requires_grad and not name.startswith("heads.")]
+        # Learnable weighting tensors (uncertainty's log-variances) step outside DeepSpeed:
+        # a few scalars, the same on every rank after ``sync``, at any ZeRO stage.
+        own = self.weighting.parameters()
+        self.weighting_optimizer = torch.optim.Adam(own, lr=cfg.optim.head_lr or cfg.optim.lr * 10) if own else None
 
     def _resume(self) -> None:
         import ray.train
@@ -131,15 +138,39 @@ class TrainingRun:
             mask = batch["attention_mask"]
             rows, width, tokens = (len(mask), mask.shape[1], int(mask.sum())) if real else (0, mask.shape[1], 0)
             batch = to_device(batch, self.device)
-            with torch.autocast(device_type=self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                losses = self.model.losses(self.engine(batch, tasks), batch)
-                loss = self.weighting.combine(losses, state["step"])
+            with self._autocast():
+                outputs = self.engine(batch, tasks)
+                losses = self.model.losses(outputs, batch)
                 if not real:  # this rank's stream is spent for the epoch; others' are not
-                    loss = loss * 0.0
+                    losses = {t: v * 0.0 for t, v in losses.items()}
+                loss = self._weighted(losses, outputs)
             self.engine.backward(loss)
             self.engine.step()
             self.progress.add({t: v.detach() for t, v in losses.items()}, rows, width, tokens)
+        self._after_step(batch, tasks)
         state["step"] += 1
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+
+    def _weighted(self, losses: dict, outputs: dict) -> torch.Tensor:
+        w = self.weighting
+        if w.owns_backward:  # its surrogate's gradient is the combined per-task gradient
+            return w.backward_loss(losses, self.shared_params, outputs=outputs)
+        return w.combine(losses, self.state["step"])
+
+    def _after_step(self, batch: dict, tasks: list[str]) -> None:
+        """Once per optimizer step: the weighting's own optimizer, its post-step update
+        (FAMO: the updated model's losses on the last micro-batch), then the same state on
+        every rank."""
+        w = self.weighting
+        if self.weighting_optimizer is not None:
+            self.weighting_optimizer.step()
+            self.weighting_optimizer.zero_grad()
+        if w.updates_after_step:
+            with torch.no_grad(), self._autocast():
+                w.update({t: v.detach() for t, v in self.model.losses(self.engine(batch, tasks), batch).items()})
+        w.sync()
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict:
