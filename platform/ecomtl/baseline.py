@@ -66,7 +66,7 @@ def tfidf_baseline(cfg: ExperimentConfig, root: str | None = None) -> dict[str, 
                         continue
                     pred = clf.predict(vec.transform([_word_features(ws, i) for i in range(len(ws))]))
                     pairs.append(([names[g] for g in tags], [names[p] for p in pred]))
-                out[t] = head.metrics(pairs, infos[t])
+                out[t] = head.metrics(pairs, infos[t], cfg.tasks[t].metric)
                 continue
             keep = [i for i, y in enumerate(train_y[t]) if y is not None]
             features = make_union(
@@ -86,5 +86,5 @@ def tfidf_baseline(cfg: ExperimentConfig, root: str | None = None) -> dict[str, 
                 pairs = [(g * std + mean, p * std + mean) for g, p in zip(gold, pred)]
             else:
                 pairs = [(int(g), int(p)) for g, p in zip(gold, pred) if g != IGNORE]
-            out[t] = head.metrics(pairs, infos[t])
+            out[t] = head.metrics(pairs, infos[t], cfg.tasks[t].metric)
     return out

@@ -20,6 +20,7 @@ from ecomtl.config.load import ConfigError, load_config
 
 
 def cmd_train(args) -> int:
+    from ecomtl.evaluation import aggregate, score_weights
     from ecomtl.report import metrics_table
     from ecomtl.train.run import train_experiment
 
@@ -28,7 +29,7 @@ def cmd_train(args) -> int:
     out = train_experiment(cfg, run_name=args.resume)
     print(f"\nvalidation metrics of the exported bundle (checkpoint at step {out.selection.get('step')}):")
     print(metrics_table(out.metrics, baseline))
-    print(f"\naggregate {sum(m['score'] for m in out.metrics.values()) / len(out.metrics):.4f} | "
+    print(f"\naggregate {aggregate(out.metrics, score_weights(cfg)):.4f} | "
           f"wall {out.wall_s / 60:.1f} min | run {out.run_dir}")
     if out.plot:
         print(f"training curves: {out.plot}")

@@ -4,7 +4,7 @@ training loop (sharded across ranks) and for a bundle on any split."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -64,21 +64,46 @@ def eval_rows(split: PreparedSplit, max_rows: Optional[int] = None, seed: int = 
     return rows[np.argsort(lengths, kind="stable")]
 
 
+def task_specs(cfg, label_infos: dict[str, dict]) -> dict[str, dict]:
+    """What scoring needs of each task of ``cfg``: ``{"head", "labels", "metric"}``.
+    The metric is checked against the label space here, once it is known: a pos_f1 on a
+    3-class task fails before training, naming the task."""
+    specs = {}
+    for t, task in cfg.tasks.items():
+        try:
+            TASK_HEADS.get(task.head).check_metric(task.metric, label_infos[t])
+        except ValueError as err:
+            raise ValueError(f"tasks.{t}.metric: {err}") from None
+        specs[t] = {"head": task.head, "labels": label_infos[t], "metric": task.metric}
+    return specs
+
+
 def task_metrics(pairs: dict[str, list], specs: dict[str, dict]) -> dict[str, dict]:
-    """``specs[task] = {"head": ..., "labels": ...}`` → per-task metrics."""
-    return {t: TASK_HEADS.get(specs[t]["head"]).metrics(p, specs[t]["labels"]) for t, p in pairs.items()}
+    """``specs[task] = {"head": ..., "labels": ..., "metric": ...}`` (see ``task_specs``;
+    without ``metric`` the head's default is the score) → per-task metrics."""
+    return {t: TASK_HEADS.get(specs[t]["head"]).metrics(p, specs[t]["labels"], specs[t].get("metric"))
+            for t, p in pairs.items()}
 
 
-def aggregate(metrics: dict[str, dict]) -> float:
-    """The model-selection score: the mean of every task's ``score`` (each in [0, 1])."""
-    scores = [m["score"] for m in metrics.values()]
-    return float(np.mean(scores)) if scores else 0.0
+def score_weights(cfg) -> dict[str, float]:
+    """Each task's weight in the aggregate (``tasks.<t>.score_weight``)."""
+    return {t: task.score_weight for t, task in cfg.tasks.items()}
 
 
-def flatten(metrics: dict[str, dict]) -> dict[str, float]:
+def aggregate(metrics: dict[str, dict], weights: Optional[Mapping[str, float]] = None) -> float:
+    """The model-selection score: the weighted mean of the tasks' ``score`` (each in
+    [0, 1], so the aggregate is too); a task missing from ``weights`` (or no
+    ``weights``) weighs 1. Every aggregate (periodic evaluation, early stopping,
+    checkpoint ranking, bundle scoring, the sweep) comes from here."""
+    w = {t: 1.0 if weights is None else float(weights.get(t, 1.0)) for t in metrics}
+    total = sum(w.values())
+    return sum(w[t] * m["score"] for t, m in metrics.items()) / total if total else 0.0
+
+
+def flatten(metrics: dict[str, dict], weights: Optional[Mapping[str, float]] = None) -> dict[str, float]:
     """``{"rating/macro_f1": ..., ..., "aggregate": ...}`` for Ray reports and tables."""
     flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
-    flat[AGGREGATE] = aggregate(metrics)
+    flat[AGGREGATE] = aggregate(metrics, weights)
     return flat
 
 
@@ -101,7 +126,7 @@ def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: st
     root = data_root or cfg.resolved_data_root()
     data = prepare_data(cfg, bundle.tokenizer, splits=(split,), label_infos=bundle.label_infos,
                         max_lengths=bundle.max_lengths, root=root)
-    specs = {t: {"head": s["head"], "labels": s["labels"]} for t, s in bundle.spec["tasks"].items()}
+    specs = task_specs(cfg, bundle.label_infos)
     pairs = {}
     for source, tasks in cfg.task_names_by_source().items():
         part = data.splits[split][source]
@@ -110,4 +135,4 @@ def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: st
                                    bundle.tokenizer.pad_token_id, device, autocast_dtype=autocast))
     metrics = task_metrics(pairs, specs)
     return {"bundle": str(bundle.path), "data_root": root, "split": split,
-            "tasks": metrics, AGGREGATE: aggregate(metrics), "data_report": data.report()[split]}
+            "tasks": metrics, AGGREGATE: aggregate(metrics, score_weights(cfg)), "data_report": data.report()[split]}

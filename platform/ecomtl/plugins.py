@@ -19,7 +19,13 @@ def registries() -> dict[str, Registry]:
 
 
 def describe_all() -> dict[str, list[dict]]:
-    return {name: reg.describe() for name, reg in registries().items()}
+    regs = registries()
+    out = {name: reg.describe() for name, reg in regs.items()}
+    for entry in out["heads"]:
+        # what ``tasks.<t>.metric`` may name, declared by the head itself
+        head = regs["heads"].get(entry["name"])
+        entry["metrics"] = {"default": head.default_metric, "choices": dict(head.selectable_metrics)}
+    return out
 
 
 def render(described: dict[str, list[dict]]) -> str:
@@ -30,4 +36,7 @@ def render(described: dict[str, list[dict]]) -> str:
             lines.append(f"  {p['name']:<14} {p['description']}")
             for opt, o in p["options"].items():
                 lines.append(f"      {opt} ({o['type']}, default {o['default']!r}){': ' + o['help'] if o['help'] else ''}")
+            for metric, help_ in p.get("metrics", {}).get("choices", {}).items():
+                default = " (default)" if metric == p["metrics"]["default"] else ""
+                lines.append(f"      metric {metric}{default}: {help_}")
     return "\n".join(lines)

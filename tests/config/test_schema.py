@@ -101,3 +101,25 @@ def test_per_source_batch_size_is_validated_and_defaults_to_training():
     cfg = config_from_dict(base(), ["sources.queries.batch_size=64"])
     assert cfg.sources["queries"].batch_size == 64 and cfg.sources["reviews"].batch_size is None
     assert "sources.queries.batch_size" in err(base(), ["sources.queries.batch_size=0"])
+
+
+def test_task_metric_defaults_to_the_heads_and_is_checked_against_its_list():
+    cfg = config_from_dict(base())
+    assert {t: c.metric for t, c in cfg.tasks.items()} == {"rating": "macro_f1", "stars": "r2", "attributes": "f1",
+                                                           "match": "macro_f1"}
+    assert config_from_dict(base(), ["tasks.match.metric=pos_f1"]).tasks["match"].metric == "pos_f1"
+    msg = err(base(), ["tasks.stars.metric=accuracy"])
+    assert "tasks.stars.metric: regression heads are scored on one of r2; not 'accuracy'" in msg
+
+
+def test_score_weight_is_non_negative_and_some_task_counts():
+    assert config_from_dict(base(), ["tasks.stars.score_weight=0"]).tasks["stars"].score_weight == 0.0
+    assert "tasks.match.score_weight" in err(base(), ["tasks.match.score_weight=-1"])
+    none = [f"tasks.{t}.score_weight=0" for t in ("rating", "stars", "attributes", "match")]
+    assert "tasks.score_weight: every task has 0" in err(base(), none)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "llm_demo.yaml", "ecommerce.yaml"])
+def test_shipped_configs_score_match_by_positive_class_f1(name):
+    # macro-F1 hid a collapsed positive class on the demo (issue 12)
+    assert load_config(CONFIGS / name).tasks["match"].metric == "pos_f1"

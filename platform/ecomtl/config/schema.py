@@ -103,6 +103,10 @@ class TaskConfig(Strict):
     label: str = Field(description="column holding the label")
     weight: float = Field(1.0, gt=0, description="static loss weight")
     options: dict = Field(default_factory=dict, description="the head's own options (its typed Options model)")
+    metric: Optional[str] = Field(None, description="which of the head's metrics is its score, the one the task is "
+                                  "selected on (see `ecomtl plugins`); default: the head's default_metric")
+    score_weight: float = Field(1.0, ge=0, description="the task's weight in the aggregate (model selection, early "
+                                "stopping, the sweep); 0 reports the task without selecting on it")
 
     @field_validator("head")
     @classmethod
@@ -116,7 +120,15 @@ class TaskConfig(Strict):
     def _head_options(self):
         from ecomtl.tasks import TASK_HEADS
 
-        self.__dict__["options"] = validate_options(TASK_HEADS.get(self.head).Options, self.options, "options")
+        head = TASK_HEADS.get(self.head)
+        self.__dict__["options"] = validate_options(head.Options, self.options, "options")
+        # the head declares what it can be scored on; the label space is checked once fit
+        # (evaluation.task_specs: pos_f1 needs two classes)
+        if self.metric is None:
+            self.__dict__["metric"] = head.default_metric
+        elif self.metric not in head.selectable_metrics:
+            raise ValueError(f"metric: {self.head} heads are scored on one of {', '.join(head.selectable_metrics)}; "
+                             f"not {self.metric!r}")
         return self
 
 
@@ -326,6 +338,13 @@ class ExperimentConfig(Strict):
         for name in v:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"name {name!r} must be letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_task_scored(cls, v: dict):
+        if v and not any(t.score_weight > 0 for t in v.values()):
+            raise ValueError("score_weight: every task has 0; at least one must count in the aggregate")
         return v
 
     @model_validator(mode="after")

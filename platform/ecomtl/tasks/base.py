@@ -35,6 +35,11 @@ class TaskHead(Plugin, nn.Module):
     label_dtype: ClassVar[torch.dtype] = torch.long
     #: what a missing label is stored as
     ignore_value: ClassVar[Any] = IGNORE
+    #: the keys of ``metrics()`` that ``tasks.<t>.metric`` may name as the task's ``score``
+    #: (higher is better), each with a one-line description for ``ecomtl plugins``
+    selectable_metrics: ClassVar[dict[str, str]]
+    #: the one scored when the config names none
+    default_metric: ClassVar[str]
 
     def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, options: Optional[dict] = None):
         """``options``: the task config's ``options``, validated by this head's ``Options``."""
@@ -70,10 +75,23 @@ class TaskHead(Plugin, nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def metrics(cls, pairs: list[tuple[Any, Any]], info: dict) -> dict[str, float]:
-        """Metrics over all (gold, prediction) pairs; must include ``score`` in [0, 1]
-        (higher is better), which the aggregate for model selection averages."""
+    def metrics(cls, pairs: list[tuple[Any, Any]], info: dict, metric: Optional[str] = None) -> dict[str, float]:
+        """Metrics over all (gold, prediction) pairs; must include ``score``: the selected
+        ``metric`` (``default_metric`` when None) in [0, 1], which the aggregate for
+        model selection averages. End with ``return cls.scored(out, metric)``."""
         raise NotImplementedError
+
+    @classmethod
+    def scored(cls, out: dict, metric: Optional[str]) -> dict:
+        """``out`` plus ``score``, floored at 0 so that every score lies in [0, 1] (R² can
+        be negative); no labelled example scores 0."""
+        out["score"] = max(0.0, float(out[metric or cls.default_metric])) if out.get("n") else 0.0
+        return out
+
+    @classmethod
+    def check_metric(cls, metric: str, info: dict) -> None:
+        """Raise ValueError when ``metric`` cannot be computed on this label space (e.g.
+        positive-class F1 of a 3-class task). Called once the train split's labels are fit."""
 
     # -- serving ------------------------------------------------------------------------
     def predict(self, logits: torch.Tensor, **context) -> list[dict]:

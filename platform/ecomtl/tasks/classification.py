@@ -42,6 +42,12 @@ class ClassificationHead(TaskHead):
 
     input_kinds = ("text", "pair")
     Options = ClassificationOptions
+    selectable_metrics = {
+        "macro_f1": "F1 averaged over classes (every class counts the same)",
+        "accuracy": "share of examples with the right class",
+        "pos_f1": "binary only: F1 of the positive class, the second label in sorted order (1 of 0/1)",
+    }
+    default_metric = "macro_f1"
 
     def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, options: Optional[dict] = None):
         super().__init__(hidden_size, label_info, dropout, options)
@@ -68,6 +74,14 @@ class ClassificationHead(TaskHead):
         return {"names": names, "counts": [counts[n] for n in names]}
 
     @classmethod
+    def check_metric(cls, metric, info):
+        names = info["names"]
+        if metric == "pos_f1" and len(names) != 2:
+            raise ValueError(f"pos_f1 needs exactly 2 classes, but train has {len(names)} "
+                             f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}); "
+                             "use macro_f1 or accuracy")
+
+    @classmethod
     def encode_label(cls, value, info) -> tuple[Optional[int], Optional[str]]:
         if is_missing(value):
             return None, "missing_label"
@@ -91,7 +105,7 @@ class ClassificationHead(TaskHead):
         return [(g, p) for g, p in zip(labels.tolist(), pred) if g != IGNORE]
 
     @classmethod
-    def metrics(cls, pairs, info):
+    def metrics(cls, pairs, info, metric=None):
         if not pairs:
             return {"n": 0, "score": 0.0}
         gold, pred = np.array([g for g, _ in pairs]), np.array([p for _, p in pairs])
@@ -103,8 +117,7 @@ class ClassificationHead(TaskHead):
         }
         if len(labels) == 2:
             out["pos_f1"] = float(f1_score(gold, pred, pos_label=1, average="binary", zero_division=0))
-        out["score"] = out["macro_f1"]
-        return out
+        return cls.scored(out, metric)
 
     def predict(self, logits, **context):
         probs = logits.float().softmax(-1)

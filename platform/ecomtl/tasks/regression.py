@@ -18,6 +18,8 @@ class RegressionHead(TaskHead):
     input_kinds = ("text", "pair")
     label_dtype = torch.float32
     ignore_value = float("nan")
+    selectable_metrics = {"r2": "1 - MSE / variance of the gold values (the score floors it at 0)"}
+    default_metric = "r2"
 
     def __init__(self, hidden_size, label_info, dropout=0.1, options=None):
         super().__init__(hidden_size, label_info, dropout, options)
@@ -62,19 +64,18 @@ class RegressionHead(TaskHead):
         ]
 
     @classmethod
-    def metrics(cls, pairs, info):
+    def metrics(cls, pairs, info, metric=None):
         if not pairs:
             return {"n": 0, "score": 0.0}
         gold, pred = np.array(pairs).T
         mse = float(((gold - pred) ** 2).mean())
         var = float(gold.var()) or 1.0
-        return {
+        return cls.scored({
             "n": len(pairs),
             "rmse": math.sqrt(mse),
             "mae": float(np.abs(gold - pred).mean()),
             "r2": 1 - mse / var,
-            "score": max(0.0, 1 - mse / var),
-        }
+        }, metric)
 
     def predict(self, logits, **context):
         return [{"value": self._denorm(v)} for v in logits.float().tolist()]

@@ -22,6 +22,13 @@ class TaggingHead(TaskHead):
 
     input_kinds = ("tokens",)
     level = "token"
+    selectable_metrics = {
+        "f1": "strict entity-level F1 (type and word span both exact)",
+        "precision": "share of predicted entities that are gold entities",
+        "recall": "share of gold entities predicted",
+        "token_accuracy": "share of words with the right BIO tag",
+    }
+    default_metric = "f1"
 
     def __init__(self, hidden_size, label_info, dropout=0.1, options=None):
         super().__init__(hidden_size, label_info, dropout, options)
@@ -75,13 +82,13 @@ class TaggingHead(TaskHead):
         return out
 
     @classmethod
-    def metrics(cls, pairs, info):
+    def metrics(cls, pairs, info, metric=None):
         if not pairs:
             return {"n": 0, "score": 0.0}
         prf = entity_prf([g for g, _ in pairs], [p for _, p in pairs])
         words = sum(len(g) for g, _ in pairs)
         correct = sum(a == b for g, p in pairs for a, b in zip(g, p))
-        return {"n": len(pairs), **prf, "token_accuracy": correct / words, "score": prf["f1"]}
+        return cls.scored({"n": len(pairs), **prf, "token_accuracy": correct / words}, metric)
 
     def predict(self, logits, *, word_ids=None, words=None, **context):
         """Spans with type, text and character offsets in the original string.

@@ -183,6 +183,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     import ray
 
     from ecomtl.data.prepare import prepare_data
+    from ecomtl.evaluation import task_specs
     from ecomtl.model.build import load_tokenizer
     from ecomtl.ray_env import init_ray
     from ecomtl.report import data_report_table
@@ -202,6 +203,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     log(f"[ecomtl] sweep {name}: {section.num_samples} trials, mode {section.mode}, "
         f"{max_concurrent(cfg, section)} at a time, each {trial_resources(cfg, section)}; data from {root}")
     data = prepare_data(cfg, load_tokenizer(cfg.model), root=root)
+    task_specs(cfg, data.label_infos)  # a metric the label space cannot give fails here, before any trial
     log(data_report_table(data.report()))
     sizes = {s: len(d) for s, d in data.splits["train"].items()}
     refs = {"mtl": ray.put(data), "single": {}}

@@ -58,7 +58,8 @@ def single_task_config(cfg: ExperimentConfig, task: str, sizes: dict[str, int]) 
     frac = steps / cfg.training.steps
     data = cfg.model_dump(mode="json")
     data["name"] = f"{cfg.name}-single-{task}"
-    data["tasks"] = {task: data["tasks"][task] | {"weight": 1.0}}
+    # alone, the task is the whole aggregate (a score_weight of 0 would leave nothing to select on)
+    data["tasks"] = {task: data["tasks"][task] | {"weight": 1.0, "score_weight": 1.0}}
     data["sources"] = {source: data["sources"][source]}
     data["sampling"] |= {"weights": None}
     data["training"] |= {"steps": steps, "eval_every": max(1, min(steps, round(cfg.training.eval_every * frac)))}
