@@ -28,7 +28,7 @@ from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
 from ecomtl.data.sampling import ShardedBatches, build_sampler
-from ecomtl.evaluation import AGGREGATE, eval_rows, flatten, predict_pairs, task_metrics
+from ecomtl.evaluation import AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics, task_specs
 from ecomtl.model.bundle import write_bundle_files
 from ecomtl.model.build import build_model, load_tokenizer
 from ecomtl.model.multitask import to_device
@@ -65,7 +65,8 @@ class TrainingRun:
         torch.manual_seed(cfg.training.seed)
         self._setup_model()
         self.by_source = cfg.task_names_by_source()
-        self.specs = {t: {"head": task.head, "labels": self.data.label_infos[t]} for t, task in cfg.tasks.items()}
+        self.specs = task_specs(cfg, self.data.label_infos)  # each head's selection metric
+        self.score_weights = score_weights(cfg)
         streamed = cfg.data.engine == "ray_data"
         sizes = config["train_sizes"] if streamed else {s: len(d) for s, d in self.data.splits["train"].items()}
         self.sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
@@ -196,7 +197,7 @@ class TrainingRun:
     def track_best(self, metrics: dict) -> tuple[float, bool]:
         """The aggregate score, and whether early stopping ends the run now."""
         state, step = self.state, self.state["step"]
-        score = sum(m["score"] for m in metrics.values()) / len(metrics)
+        score = aggregate(metrics, self.score_weights)
         if score > state["best"] + 1e-6:
             state["best"], state["bad_evals"] = score, 0
         else:
@@ -220,7 +221,7 @@ class TrainingRun:
 
         state = self.state
         timing = timing | {"timing/report_start": time.time()}
-        flat = flatten(metrics) | {"step": state["step"]}
+        flat = flatten(metrics, self.score_weights) | {"step": state["step"]}
         state["history"].append({"kind": "eval", **flat})
         tmp = Path(tempfile.mkdtemp(prefix=f"ecomtl-ckpt-r{self.rank}-"))
         try:
