@@ -28,7 +28,8 @@ from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
 from ecomtl.data.sampling import ShardedBatches, build_sampler
-from ecomtl.evaluation import AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics, task_specs
+from ecomtl.evaluation import (AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics,
+                               task_specs)
 from ecomtl.model.bundle import write_bundle_files
 from ecomtl.model.build import build_model, load_tokenizer
 from ecomtl.model.multitask import to_device
