@@ -90,6 +90,12 @@ def score_weights(cfg) -> dict[str, float]:
     return {t: task.score_weight for t, task in cfg.tasks.items()}
 
 
+def selected_tasks(cfg) -> list[str]:
+    """The tasks selected on (score_weight > 0): the aggregate's, and the multi-objective
+    sweep's objectives and Pareto front."""
+    return [t for t, w in score_weights(cfg).items() if w > 0]
+
+
 def aggregate(metrics: dict[str, dict], weights: Optional[Mapping[str, float]] = None) -> float:
     """The model-selection score: the weighted mean of the tasks' ``score`` (each in
     [0, 1], so the aggregate is too); a task missing from ``weights`` (or no

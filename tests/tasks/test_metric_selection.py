@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from ecomtl.config.load import config_from_dict, read_yaml
 from ecomtl.config.schema import TaskConfig
-from ecomtl.evaluation import aggregate, flatten, score_weights, task_metrics, task_specs
+from ecomtl.evaluation import aggregate, flatten, score_weights, selected_tasks, task_metrics, task_specs
 from ecomtl.tasks import TASK_HEADS
 
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml"
@@ -84,6 +84,7 @@ def test_weighted_aggregate():
 def test_score_weights_come_from_the_config():
     cfg = config_from_dict(read_yaml(TINY), ["tasks.match.score_weight=3", "tasks.stars.score_weight=0"])
     assert score_weights(cfg) == {"rating": 1.0, "stars": 0.0, "attributes": 1.0, "match": 3.0}
+    assert selected_tasks(cfg) == ["rating", "attributes", "match"]  # stars is reported, not selected on
 
 
 def test_plugins_list_each_heads_metrics():

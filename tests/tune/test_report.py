@@ -30,3 +30,15 @@ def test_single_task_runs_keep_the_metric_and_count_alone():
     # the delta to single-task compares the same metric; alone, a weight of 0 would select on nothing
     assert list(alone.tasks) == ["match"] and alone.tasks["match"].metric == "pos_f1"
     assert alone.tasks["match"].score_weight == 1.0
+
+
+def test_multi_objective_sweep_leaves_out_tasks_not_selected_on():
+    from pathlib import Path
+
+    from ecomtl.config.load import load_config
+    from ecomtl.tune.space import TuneSection, objectives
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml",
+                      ["tasks.stars.score_weight=0"])
+    section = TuneSection.model_validate({"mode": "multi", "space": {"optim.lr": {"dist": "choice", "values": [1e-4]}}})
+    assert objectives(cfg, section) == (["rating/score", "attributes/score", "match/score"], ["max"] * 3)

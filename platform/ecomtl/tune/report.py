@@ -16,7 +16,7 @@ from typing import Optional
 
 from ecomtl.config.load import dump_config
 from ecomtl.config.schema import ExperimentConfig
-from ecomtl.evaluation import AGGREGATE, evaluate_bundle
+from ecomtl.evaluation import AGGREGATE, evaluate_bundle, selected_tasks
 from ecomtl.tune.pareto import pareto_front, tradeoffs
 from ecomtl.tune.space import SIMPLEX_PREFIX, WEIGHTS, TuneSection, apply_params, default_point, param_space
 from ecomtl.tune.trial import SINGLE_TASK, read_timings, single_task_config
@@ -191,7 +191,7 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
 
     tasks = list(cfg.tasks)
     add_single_task_deltas(rows, single_rows)
-    front = mark_pareto(rows, tasks) if section.mode == "multi" else []
+    front = mark_pareto(rows, selected_tasks(cfg)) if section.mode == "multi" else []
     best = best_row(rows)
     default = next((r for r in rows if r["kind"] == "default"), None)
     out = Path(sweep_dir)

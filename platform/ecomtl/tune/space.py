@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ecomtl.config.load import ConfigError, apply_overrides, config_from_dict, format_validation_error
 from ecomtl.config.schema import ExperimentConfig
-from ecomtl.evaluation import AGGREGATE
+from ecomtl.evaluation import AGGREGATE, selected_tasks
 
 WEIGHTS = "weights"
 # Simplex weights are sampled as one raw uniform per task (Optuna sees independent
@@ -215,9 +215,10 @@ def apply_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
 
 
 def objectives(cfg: ExperimentConfig, section: TuneSection) -> tuple[list[str], list[str]]:
-    """Metrics and modes given to Optuna: the aggregate, or every task's score."""
+    """Metrics and modes given to Optuna: the aggregate, or the score of every task
+    selected on (a score_weight of 0 reports a task without selecting on it)."""
     if section.mode == "multi":
-        names = [f"{t}/score" for t in cfg.tasks]
+        names = [f"{t}/score" for t in selected_tasks(cfg)]
         return names, ["max"] * len(names)
     return [AGGREGATE], ["max"]
 
