@@ -44,7 +44,7 @@ def test_tasks_health_openapi(served):
     assert tasks["match"]["input_fields"] == ["text", "text_pair"] and tasks["rating"]["labels"] == ["1", "2", "3", "4", "5"]
     assert requests.get(served + "/healthz", timeout=30).json()["status"] == "ok"
     paths = requests.get(served + "/openapi.json", timeout=30).json()["paths"]
-    assert {"/v1/tasks", "/v1/tasks/{task}", "/v1/predict", "/healthz", "/readyz"} <= set(paths)
+    assert {"/v1/tasks", "/v1/tasks/rating", "/v1/tasks/match", "/v1/predict", "/healthz", "/readyz"} <= set(paths)
 
 
 def test_bundle_version_everywhere_and_readiness(served, tiny_bundle):
@@ -92,3 +92,18 @@ def test_long_text_is_truncated_and_said(served, local):
     pred = post(served, "/v1/tasks/rating", {"inputs": text}).json()["predictions"][0]
     assert pred["truncated"] is True
     assert close(pred, local.predict(["rating"], text)["rating"][0])
+
+
+def test_mixed_task_traffic_under_concurrency(served):
+    """8 clients, every task and both routes, token and text tasks in either order in one
+    /v1/predict: every answer a 200 (the shared encoder must never merge unlike inputs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [("/v1/predict", {"tasks": ["attributes", "rating", "stars"], "inputs": [QUERY, REVIEWS[0]]}),
+              ("/v1/predict", {"tasks": ["rating", "attributes"], "inputs": REVIEWS[1]}),
+              ("/v1/predict", {"tasks": ["match"], "inputs": [PAIR, PAIR]}),
+              ("/v1/tasks/attributes", {"inputs": QUERY}), ("/v1/tasks/match", {"inputs": PAIR}),
+              ("/v1/tasks/stars", {"inputs": REVIEWS}), ("/v1/tasks/rating", {"inputs": REVIEWS[0]})]
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda i: post(served, *bodies[i % len(bodies)]), range(56)))
+    assert [r.status_code for r in rs] == [200] * 56, [r.text[:200] for r in rs if r.status_code != 200]

@@ -31,10 +31,10 @@ def head_deployment_name(task: str) -> str:
 
 def build_app(args: Union[AppArgs, dict]) -> Application:
     args = AppArgs.model_validate(args.model_dump() if isinstance(args, AppArgs) else args)
-    path = os.path.expandvars(args.bundle)
+    path = bundle_path(args.bundle)
     if "$" in path:
         raise ValueError(f"args.bundle: {args.bundle!r} names an unset environment variable")
-    bundle = str(check_bundle(Path(path).expanduser()).resolve())
+    bundle = str(check_bundle(Path(path)).resolve())
     spec = read_spec(bundle)
     unknown = set(args.tasks) - set(spec["tasks"])
     if unknown:
@@ -66,13 +66,14 @@ def serve_bundle(args: Union[AppArgs, dict], host: str = "127.0.0.1", port: int 
 
     args = dict(args.model_dump(exclude_unset=True) if isinstance(args, AppArgs) else args)
     build_app(args)  # validate and check the bundle before starting anything
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does
     started_ray = not ray.is_initialized()
+    init_ray()
+    # after ray.init, which sets its own SIGTERM handler (sys.exit) on the driver
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does
     try:
-        init_ray()
         if not {"ingress", "encoder", "heads"} & set(args):
             have = cpus or ray.available_resources().get("CPU", 0)
-            n = len(read_spec(build_bundle_path(args))["tasks"])
+            n = len(read_spec(bundle_path(args["bundle"]))["tasks"])
             args.update(fit_to_machine(args.get("layout", "shared"), n, have))
             log(f"ecomtl serve: sized for {have:g} CPUs: {describe(args)}", flush=True)
         app = build_app(args)
@@ -99,5 +100,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def build_bundle_path(args: dict) -> str:
-    return str(Path(os.path.expandvars(args["bundle"])).expanduser())
+def bundle_path(bundle: str) -> str:
+    """``~`` and ``$VARS`` expanded (an unset variable stays as ``$NAME``)."""
+    return str(Path(os.path.expandvars(bundle)).expanduser())

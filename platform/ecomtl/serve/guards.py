@@ -34,6 +34,13 @@ def read_keys(auth: AuthArgs) -> list[bytes]:
     return keys
 
 
+def route_path(scope) -> str:
+    """The path below the app's route prefix (Serve passes the full path and the prefix
+    as ``root_path``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def presented_key(headers: list[tuple[bytes, bytes]]) -> Optional[bytes]:
     for name, value in headers:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
@@ -83,7 +90,8 @@ class Edge:
             await send_tagged({"type": "http.response.body", "body": body})
 
         try:
-            if self.keys and scope["path"] not in OPEN_PATHS and not key_ok(presented_key(scope["headers"]), self.keys):
+            needs_key = self.keys and route_path(scope) not in OPEN_PATHS
+            if needs_key and not key_ok(presented_key(scope["headers"]), self.keys):
                 return await refuse(401, "unauthorized", "a valid API key is required: "
                                                          "'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                                     [(b"www-authenticate", b"Bearer")])

@@ -64,7 +64,8 @@ def task_infos(spec: dict) -> list[TaskInfo]:
     for name, t in spec["tasks"].items():
         src = spec["sources"][t["source"]]
         fields = ["text", "text_pair"] if src["kind"] == "pair" else ["text"]
-        labels = t["labels"].get("types") if t["head"] == "tagging" else t["labels"].get("names")
+        # the label list the head declared (span types where it has them, else class names), not its name
+        labels = t["labels"].get("types") or t["labels"].get("names")
         out.append(TaskInfo(name=name, head=t["head"], input=src["kind"], input_fields=fields, labels=labels,
                             max_tokens=src["max_length"]))
     return out
