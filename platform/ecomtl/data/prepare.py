@@ -199,10 +199,15 @@ def fit_label_infos(cfg: ExperimentConfig, root: str, engine: str = "memory",
         raw = (opened or {}).get(source) or open_split(source, cfg, root, "train", engine)
         for t in tasks:
             values = raw.column(cfg.tasks[t].label, t)
+            head = TASK_HEADS.get(cfg.tasks[t].head)
             try:
-                infos[t] = TASK_HEADS.get(cfg.tasks[t].head).fit_labels(values)
+                infos[t] = head.fit_labels(values)
             except ValueError as err:
                 raise DataError(f"tasks.{t}: {err}") from None
+            try:  # on the driver, before any worker starts: e.g. pos_f1 on a 5-class task
+                head.check_metric(cfg.tasks[t].metric, infos[t])
+            except ValueError as err:
+                raise DataError(f"tasks.{t}.metric: {err}") from None
     return infos
 
 
