@@ -48,10 +48,6 @@ class ExpertBank(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
 
-    @property
-    def num(self) -> int:
-        return self.in_weight.shape[0]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = torch.einsum("...h,ehf->...ef", x, self.in_weight) + self.in_bias
         z = self.dropout(nn.functional.gelu(z))
