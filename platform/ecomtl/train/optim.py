@@ -12,7 +12,8 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def param_groups(model, cfg: ExperimentConfig) -> list[dict]:
-    """Encoder and heads apart (heads start from scratch and want a larger lr);
+    """Encoder and the from-scratch layers apart (heads and the sharing layer's experts
+    and gates start from random weights and want a larger lr);
     no weight decay on biases and norms."""
     o = cfg.optim
     head_lr = o.head_lr or o.lr * 10
@@ -20,7 +21,7 @@ def param_groups(model, cfg: ExperimentConfig) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = head_lr if name.startswith("heads.") else o.lr
+        lr = head_lr if name.startswith(("heads.", "sharing.")) else o.lr
         decay = 0.0 if name.endswith(NO_DECAY) else o.weight_decay
         groups.setdefault((lr, decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
