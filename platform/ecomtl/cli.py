@@ -21,7 +21,7 @@ from ecomtl.config.load import ConfigError, load_config
 
 def cmd_train(args) -> int:
     from ecomtl.evaluation import aggregate, score_weights
-    from ecomtl.report import metrics_table
+    from ecomtl.report import gates_table, metrics_table
     from ecomtl.train.run import train_experiment
 
     cfg = load_config(args.config, args.overrides)
@@ -31,6 +31,9 @@ def cmd_train(args) -> int:
     print(metrics_table(out.metrics, baseline))
     print(f"\naggregate {aggregate(out.metrics, score_weights(cfg)):.4f} | "
           f"wall {out.wall_s / 60:.1f} min | run {out.run_dir}")
+    if out.gates:
+        print("\nmean gate weight per expert in training (soft sharing):")
+        print(gates_table(out.gates))
     if out.plot:
         print(f"training curves: {out.plot}")
     print(f"bundle: {out.bundle}")

@@ -140,5 +140,14 @@ def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: st
         pairs.update(predict_pairs(bundle.model, part, tasks, rows, batch_size,
                                    bundle.tokenizer.pad_token_id, device, autocast_dtype=autocast))
     metrics = task_metrics(pairs, specs)
-    return {"bundle": str(bundle.path), "data_root": root, "split": split,
-            "tasks": metrics, AGGREGATE: aggregate(metrics, score_weights(cfg)), "data_report": data.report()[split]}
+    out = {"bundle": str(bundle.path), "data_root": root, "split": split,
+           "tasks": metrics, AGGREGATE: aggregate(metrics, score_weights(cfg)), "data_report": data.report()[split]}
+    gates = gate_report(bundle.model.sharing)
+    return out | ({"gates": gates} if gates else {})
+
+
+def gate_report(sharing) -> dict[str, dict[str, float]]:
+    """task → {expert: mean gate weight in training} of a soft-sharing layer (MMoE,
+    PLE): which experts each task leans on. Empty for hard sharing."""
+    labels = sharing.gate_labels()
+    return {t: dict(zip(labels, weights)) for t, weights in sharing.gate_stats().items()}

@@ -39,3 +39,9 @@ def data_report_table(report: dict) -> str:
             rows.append([split, source, r["rows_read"], r["rows_used"], skipped, ignored,
                          r["max_length"], r["truncated_rows"]])
     return table(rows, ["split", "source", "read", "used", "skipped rows", "labels ignored", "max_len", "truncated"])
+
+
+def gates_table(gates: dict[str, dict[str, float]]) -> str:
+    """One row per task, one column per expert (MMoE/PLE gate means)."""
+    experts = list(dict.fromkeys(e for row in gates.values() for e in row))
+    return table([[t] + [row.get(e, "") for e in experts] for t, row in gates.items()], ["task"] + experts)

@@ -2,6 +2,7 @@
 partitions the experts and gates themselves). The losses fall, the gates leave uniform
 and the run's bundle holds what training recorded."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,6 @@ def test_two_workers_under_zero_learn_and_export(kind, options, stage, ray_local
         assert sum(weights) == pytest.approx(1.0, abs=1e-4)
         assert max(weights) - min(weights) > 1e-3, f"{task}: gates never left uniform {weights}"
     assert int(sharing.stats[-1].batches.min()) > 0  # every task's training batches were recorded
+    # the run report carries them (metrics.json of the bundle, and the train command's table)
+    assert out.gates == {t: dict(zip(sharing.gate_labels(), w)) for t, w in stats.items()}
+    assert json.loads((Path(out.bundle) / "metrics.json").read_text())["gates"] == out.gates

@@ -28,6 +28,7 @@ class TrainOutcome:
     data_report: dict
     wall_s: float
     steps_done: int
+    gates: dict  # soft sharing: task → {expert: mean gate weight}; empty for hard sharing
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
@@ -89,7 +90,7 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     with checkpoint.as_directory() as d:
         full = evaluate_bundle(os.path.join(d, BUNDLE_DIR), data_root=root, split="validation")
         metrics = {"validation": full["tasks"], AGGREGATE: full[AGGREGATE], "selection": selection,
-                   "checkpoint_step": selection.get("step")}
+                   "checkpoint_step": selection.get("step")} | ({"gates": full["gates"]} if "gates" in full else {})
         bundle = copy_bundle(os.path.join(d, BUNDLE_DIR), bundle_destination(cfg, run_dir), metrics=metrics)
     history = []
     if result.checkpoint is not None:
@@ -102,4 +103,5 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     if history and local_dir(run_dir) is not None:
         plot = plot_training(history, Path(local_dir(run_dir), "training.png"), title=run_name)
     return TrainOutcome(run_name, run_dir, bundle, full["tasks"], selection, history, plot,
-                        data.report(), time.perf_counter() - t0, int(selection.get("step", 0)))
+                        data.report(), time.perf_counter() - t0, int(selection.get("step", 0)),
+                        full.get("gates", {}))
