@@ -126,9 +126,12 @@ def test_resume_continues_from_saved_step(ray_local, tmp_path, data_root, decode
 def test_adaptive_weighting_trains_under_zero(kind, stage, ray_local, tmp_path, data_root):
     """Each way a weighting hooks into the step, through the real loop on 2 workers: a
     surrogate backward (pcgrad), learnable tensors (uncertainty), a post-step update
-    (famo). Losses fall on a fixed batch and the weighting's state is checkpointed
-    (rank equality of that state: tests/weighting/test_zero_matrix.py)."""
-    cfg = fixed_batch_cfg(tmp_path, data_root, stage, [f"weighting.kind={kind}"])
+    (famo), with every source in each step (one forward per source, one backward) and the
+    metric-driven sampler. Losses fall on a fixed batch; the weighting's and sampler's
+    state is checkpointed (rank equality of weighting state: tests/weighting/)."""
+    # both sources in every step: the weighting compares all three heads in one backward
+    cfg = fixed_batch_cfg(tmp_path, data_root, stage, [f"weighting.kind={kind}", "sampling.sources_per_step=all",
+                                                       "sampling.kind=metric"])
     out = train_experiment(cfg, run_name=f"{kind}-zero{stage}", log=lambda *_: None)
     train = [h for h in out.history if h["kind"] == "train"]
     for task in ("rating", "stars", "attributes"):
@@ -137,6 +140,8 @@ def test_adaptive_weighting_trains_under_zero(kind, stage, ray_local, tmp_path, 
     state = json.loads(Path(out.run_dir, "step_0000024", "trainer_state.json").read_text())
     if kind != "pcgrad":  # pcgrad keeps no state
         assert state["weighting"] and all(len(v) for v in state["weighting"].values()), state["weighting"]
+    assert state["source_batches"] == {"reviews": 24, "queries": 24}  # both sources, every step
+    assert [start for start, _ in state["sampler"]["schedule"]] == [12, 24]  # re-weighted after each eval
 
 
 def test_early_stopping_on_the_aggregate(ray_local, tiny_cfg):

@@ -221,6 +221,27 @@ class SamplingConfig(Strict):
         None, description="per-source multipliers on the sampler's probabilities (e.g. to favour cheap "
         "short-text sources or starve expensive long ones); renormalised"
     )
+    sources_per_step: Union[Literal["all"], int] = Field(
+        1, description="sources drawn (without replacement) per micro-step, their losses weighted and "
+        "back-propagated together: weightings that compare tasks then see several sources' heads at once")
+    options: dict = Field(default_factory=dict, description="the sampler's own options (its typed Options model)")
+
+    def per_step(self, n_sources: int) -> int:
+        return n_sources if self.sources_per_step == "all" else min(int(self.sources_per_step), n_sources)
+
+    @field_validator("sources_per_step")
+    @classmethod
+    def _at_least_one(cls, v):
+        if v != "all" and v < 1:
+            raise ValueError("give a number of sources >= 1, or 'all'")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self):
+        from ecomtl.data.sampling import SAMPLERS
+
+        self.__dict__["options"] = validate_options(SAMPLERS.get(self.kind).Options, self.options, "options")
+        return self
 
     @field_validator("weights")
     @classmethod

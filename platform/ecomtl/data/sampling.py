@@ -18,7 +18,7 @@ _CHUNK = 4096
 
 class SourceSampler(Plugin):
     def __init__(self, sizes: dict[str, int], seed: int, temperature: float = 1.0,
-                 weights: Optional[dict[str, float]] = None):
+                 weights: Optional[dict[str, float]] = None, options: Optional[dict] = None):
         if not sizes or min(sizes.values()) <= 0:
             raise ValueError(f"every source needs rows to sample from: {sizes}")
         self.names = list(sizes)
@@ -26,6 +26,7 @@ class SourceSampler(Plugin):
         self.seed = seed
         self.temperature = temperature
         self.weights = weights or {}
+        self.options = self.Options.model_validate(options or {})
 
     def base_probabilities(self) -> dict[str, float]:
         raise NotImplementedError
@@ -38,6 +39,35 @@ class SourceSampler(Plugin):
 
     def source_at(self, i: int) -> str:
         raise NotImplementedError
+
+    def sources_at(self, i: int, k: int) -> list[str]:
+        """The ``k`` distinct sources of micro-step ``i`` (all of them when ``k`` covers
+        every source), a pure function of (seed, i) like ``source_at``: drawn without
+        replacement by the sampler's probabilities, so weightings that compare tasks see
+        the losses of several sources in one backward."""
+        if k == 1:
+            return [self.source_at(i)]
+        if k >= len(self.names):
+            return list(self.names)
+        p = np.array([self.probabilities_at(i)[s] for s in self.names])
+        picked = np.random.default_rng([self.seed, i, k]).choice(len(self.names), size=k, replace=False, p=p)
+        return [self.names[j] for j in sorted(picked)]
+
+    def probabilities_at(self, i: int) -> dict[str, float]:
+        """The probabilities micro-step ``i`` draws with (fixed for most samplers)."""
+        return self.probabilities()
+
+    # -- samplers that learn from validation (none of the fixed ones) --------------------
+    def observe(self, source_scores: dict[str, float], micro: int) -> None:
+        """After an evaluation (the same all-gathered scores on every rank): the mean
+        selection score of each source's tasks, and the micro-step from which a new
+        rule would apply."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _Random(SourceSampler):
@@ -90,10 +120,22 @@ class RoundRobinSampler(SourceSampler):
     def source_at(self, i):
         return self.names[i % len(self.names)]
 
+    def sources_at(self, i, k):
+        k = min(k, len(self.names))
+        return [self.names[(i * k + j) % len(self.names)] for j in range(k)]
+
 
 def build_sampler(kind: str, sizes: dict[str, int], seed: int, temperature: float,
-                  weights: Optional[dict[str, float]] = None) -> SourceSampler:
-    return SAMPLERS.get(kind)(sizes, seed=seed, temperature=temperature, weights=weights)
+                  weights: Optional[dict[str, float]] = None, options: Optional[dict] = None) -> SourceSampler:
+    return SAMPLERS.get(kind)(sizes, seed=seed, temperature=temperature, weights=weights, options=options)
+
+
+def sampler_from_config(cfg, sizes: dict[str, int]) -> SourceSampler:
+    s = cfg.sampling
+    return build_sampler(s.kind, sizes, cfg.training.seed, s.temperature, s.weights, s.options)
+
+
+from ecomtl.data import metric_sampler  # noqa: E402,F401  (registration; it subclasses _Random)
 
 
 class ShardedBatches:

@@ -27,7 +27,7 @@ import torch
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
-from ecomtl.data.sampling import ShardedBatches, build_sampler
+from ecomtl.data.sampling import ShardedBatches, sampler_from_config
 from ecomtl.evaluation import (AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics,
                                task_specs)
 from ecomtl.model.bundle import write_bundle_files
@@ -70,8 +70,8 @@ class TrainingRun:
         self.score_weights = score_weights(cfg)
         streamed = cfg.data.engine == "ray_data"
         sizes = config["train_sizes"] if streamed else {s: len(d) for s, d in self.data.splits["train"].items()}
-        self.sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
-                                     cfg.sampling.weights)
+        self.sampler = sampler_from_config(cfg, sizes)
+        self.sources_per_step = cfg.sampling.per_step(len(sizes))
         self.label_dtypes = {t: self.model.heads[t].label_dtype for t in cfg.tasks}
         self.pad_id = self.tokenizer.pad_token_id
         self.state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in cfg.sources}, "best": -math.inf,
@@ -123,33 +123,41 @@ class TrainingRun:
             self.engine.load_checkpoint(os.path.join(d, DS_DIR), tag=DS_TAG)
             self.state = json.loads(Path(d, STATE_FILE).read_text())
             self.weighting.load_state_dict(self.state.get("weighting", {}))
+            self.sampler.load_state_dict(self.state.get("sampler", {}))
         if self.rank == 0:
             log.info("[ecomtl] resumed from checkpoint at step %d", self.state["step"])
 
     # -- one optimizer step ------------------------------------------------------------------
     def train_step(self) -> None:
-        """``grad_accum`` micro-steps, each on one source (the same on every rank)."""
+        """``grad_accum`` micro-steps, each on ``sampling.sources_per_step`` sources (the
+        same on every rank): one forward per source, their losses weighted together, one
+        backward."""
         state = self.state
         for _ in range(self.cfg.training.grad_accum):
-            source = self.sampler.source_at(state["micro"])
+            sources = self.sampler.sources_at(state["micro"], self.sources_per_step)
             state["micro"] += 1
-            batch, real = self.next_batch(source)
-            state["source_batches"][source] += 1
-            tasks = self.by_source[source]
-            # counted on the host before the copy: reading them off a GPU would sync
-            mask = batch["attention_mask"]
-            rows, width, tokens = (len(mask), mask.shape[1], int(mask.sum())) if real else (0, mask.shape[1], 0)
-            batch = to_device(batch, self.device)
+            losses, outputs, self.last_batches = {}, {}, []
             with self._autocast():
-                outputs = self.engine(batch, tasks)
-                losses = self.model.losses(outputs, batch)
-                if not real:  # this rank's stream is spent for the epoch; others' are not
-                    losses = {t: v * 0.0 for t, v in losses.items()}
+                for source in sources:
+                    batch, real = self.next_batch(source)
+                    state["source_batches"][source] += 1
+                    tasks = self.by_source[source]
+                    # counted on the host before the copy: reading them off a GPU would sync
+                    mask = batch["attention_mask"]
+                    rows, width, tokens = (len(mask), mask.shape[1], int(mask.sum())) if real else (0, mask.shape[1], 0)
+                    batch = to_device(batch, self.device)
+                    out = self.engine(batch, tasks)
+                    part = self.model.losses(out, batch)
+                    if not real:  # this rank's stream is spent for the epoch; others' are not
+                        part = {t: v * 0.0 for t, v in part.items()}
+                    self.progress.add({t: v.detach() for t, v in part.items()}, rows, width, tokens)
+                    losses.update(part)
+                    outputs.update(out)
+                    self.last_batches.append((batch, tasks))
                 loss = self._weighted(losses, outputs)
             self.engine.backward(loss)
             self.engine.step()
-            self.progress.add({t: v.detach() for t, v in losses.items()}, rows, width, tokens)
-        self._after_step(batch, tasks)
+        self._after_step()
         state["step"] += 1
 
     def _autocast(self):
@@ -161,17 +169,20 @@ class TrainingRun:
             return w.backward_loss(losses, self.shared_params, outputs=outputs)
         return w.combine(losses, self.state["step"])
 
-    def _after_step(self, batch: dict, tasks: list[str]) -> None:
+    def _after_step(self) -> None:
         """Once per optimizer step: the weighting's own optimizer, its post-step update
-        (FAMO: the updated model's losses on the last micro-batch), then the same state on
-        every rank."""
+        (FAMO: the updated model's losses on the last micro-step's batches), then the same
+        state on every rank."""
         w = self.weighting
         if self.weighting_optimizer is not None:
             self.weighting_optimizer.step()
             self.weighting_optimizer.zero_grad()
         if w.updates_after_step:
+            after = {}
             with torch.no_grad(), self._autocast():
-                w.update({t: v.detach() for t, v in self.model.losses(self.engine(batch, tasks), batch).items()})
+                for batch, tasks in self.last_batches:
+                    after.update(self.model.losses(self.engine(batch, tasks), batch))
+            w.update({t: v.detach() for t, v in after.items()})
         w.sync()
 
     # -- evaluation ------------------------------------------------------------------------
@@ -212,6 +223,15 @@ class TrainingRun:
                      + (" | early stop" if stop else ""))
         return score, stop
 
+    def source_scores(self, metrics: dict) -> dict[str, float]:
+        """Each source's mean selection score over its tasks that count in the aggregate
+        (what a metric-driven sampler steers by)."""
+        out = {}
+        for source, tasks in self.by_source.items():
+            counted = [t for t in tasks if self.score_weights.get(t, 1.0) > 0] or tasks
+            out[source] = sum(metrics[t]["score"] for t in counted) / len(counted)
+        return out
+
     # -- checkpoint ------------------------------------------------------------------------
     def save_and_report(self, metrics: dict, timing: dict) -> None:
         """DeepSpeed shards from every rank + a complete bundle from rank 0, one report.
@@ -228,6 +248,7 @@ class TrainingRun:
         try:
             self.engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG)
             state["weighting"] = self.weighting.state_dict()
+            state["sampler"] = self.sampler.state_dict()
             if self.cfg.distributed.zero_stage == 3:
                 with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
                     self._write_rank0(tmp, flat)
@@ -267,6 +288,7 @@ class TrainingRun:
                 t_eval = time.perf_counter()
                 metrics = self.evaluate()
                 _, stop = self.track_best(metrics)
+                self.sampler.observe(self.source_scores(metrics), state["micro"])
                 self.save_and_report(metrics, {"timing/loop_start": loop_start, "timing/train_s": train_s,
                                                "timing/eval_s": time.perf_counter() - t_eval})
                 self.progress.restart_window()

@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.prepare import PreparedData
-from ecomtl.data.sampling import build_sampler
+from ecomtl.data.sampling import sampler_from_config
 from ecomtl.tune.space import apply_params
 
 SINGLE_TASK = "single_task"  # the param naming the head of a single-task run
@@ -43,10 +43,10 @@ def source_steps(cfg: ExperimentConfig, sizes: dict[str, int]) -> dict[str, int]
     """Optimizer steps' worth of batches each source got in the multi-task run, counted
     from the sampler's actual draws (a pure function of the seed): every head of a source
     trains on each batch drawn from it."""
-    sampler = build_sampler(cfg.sampling.kind, sizes, cfg.training.seed, cfg.sampling.temperature,
-                            cfg.sampling.weights)
+    sampler = sampler_from_config(cfg, sizes)
     micro = cfg.training.steps * cfg.training.grad_accum
-    drawn = Counter(sampler.source_at(i) for i in range(micro))
+    k = cfg.sampling.per_step(len(sizes))
+    drawn = Counter(s for i in range(micro) for s in sampler.sources_at(i, k))
     return {s: round(drawn[s] / cfg.training.grad_accum) for s in sizes}
 
 
