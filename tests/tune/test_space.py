@@ -102,3 +102,19 @@ def test_pareto_front():
     points = [[0.5, 0.5], [0.9, 0.1], [0.1, 0.9], [0.4, 0.4], [0.5, 0.5], [float("nan"), 1.0]]
     assert pareto_front(points, modes) == [0, 1, 2, 4]  # ties both stay; NaN cannot be compared
     assert pareto_front([[1, 5], [2, 4]], ["min", "max"]) == [0]
+
+
+def test_space_can_search_the_mtl_method(tmp_path):
+    """The weighting, the sharing layer and the sources per step are ordinary choices;
+    every point is a valid config, and a choice the schema refuses (a gradient method
+    under ZeRO-2) fails before any trial, naming the field."""
+    methods = {"weighting.kind": {"dist": "choice", "values": ["static", "famo", "pcgrad"]},
+               "model.sharing.kind": {"dist": "choice", "values": ["hard", "mmoe", "ple"]},
+               "sampling.sources_per_step": {"dist": "choice", "values": [1, "all"]}}
+    cfg, section = load_sweep_config(write_sweep(tmp_path, {"num_samples": 2, "space": methods}))
+    space = param_space(cfg, section)
+    assert set(methods) <= set(space)
+    point = apply_params(cfg, {"weighting.kind": "pcgrad", "model.sharing.kind": "ple", "sampling.sources_per_step": "all"})
+    assert (point.weighting.kind, point.model.sharing.kind, point.sampling.per_step(3)) == ("pcgrad", "ple", 3)
+    with pytest.raises(ConfigError, match="weighting.kind.*pcgrad|pcgrad.*zero_stage"):
+        load_sweep_config(write_sweep(tmp_path, {"num_samples": 2, "space": methods}, distributed={"zero_stage": 2}))
