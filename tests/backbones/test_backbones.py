@@ -62,3 +62,26 @@ def test_plugins_command_lists_every_registry():
     lora = next(x for x in out["adapters"] if x["name"] == "lora")
     assert lora["options"]["r"]["default"] == 16 and lora["description"]
     assert {x["name"] for x in out["backbones"]} == {"encoder", "decoder"}
+
+
+def test_a_converted_gguf_folder_saves_like_any_model(tmp_path):
+    """A dequantised GGUF model saved with its config still marked ``quant_method:
+    gguf`` loads, but refuses ``save_pretrained`` (so no bundle could be written from
+    it): the converted cache must not keep that mark, and old caches are repaired."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from ecomtl.backbones.packaged import drop_quantization_config
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "cache")
+    cfg_file = tmp_path / "cache" / "config.json"
+    marked = json.loads(cfg_file.read_text()) | {
+        "quantization_config": {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}}
+    cfg_file.write_text(json.dumps(marked))
+    with pytest.raises(ValueError, match="gguf"):
+        BACKBONES.get("decoder").pretrained(str(tmp_path / "cache")).save_pretrained(tmp_path / "out0")
+    drop_quantization_config(cfg_file)
+    assert "quantization_config" not in json.loads(cfg_file.read_text())
+    BACKBONES.get("decoder").pretrained(str(tmp_path / "cache")).save_pretrained(tmp_path / "out1")
+    assert (tmp_path / "out1" / "model.safetensors").is_file()

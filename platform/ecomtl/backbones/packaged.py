@@ -31,6 +31,7 @@ def minilm() -> str:
 def smollm2() -> str:
     dst = cache_dir() / "smollm2-135m-instruct"
     if (dst / "config.json").exists():
+        drop_quantization_config(dst / "config.json")  # caches written before the fix below
         return str(dst)
     from importlib.metadata import PackageNotFoundError, distribution
 
@@ -50,12 +51,31 @@ def convert_gguf(gguf: Path, dst: Path) -> None:
     from ecomtl.model.bundle import atomic_directory
 
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    fresh = type(loaded)(loaded.config)  # a plain model that save_pretrained accepts
+    config = loaded.config
+    # The dequantised weights are plain fp32, but the config still says "quantized with
+    # gguf": a model loaded from a folder with that config refuses save_pretrained, so
+    # every bundle written from it would fail. Keep it out of the saved config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = type(loaded)(config)  # a plain model that save_pretrained accepts
     fresh.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     with atomic_directory(dst) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+
+
+def drop_quantization_config(config_json: Path) -> None:
+    """Remove a GGUF ``quantization_config`` from a converted folder's config (atomically)."""
+    import json
+
+    data = json.loads(config_json.read_text())
+    if data.get("quantization_config", {}).get("quant_method") != "gguf":
+        return
+    del data["quantization_config"]
+    tmp = config_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, config_json)
 
 
 ALIASES = {"minilm": minilm, "smollm2": smollm2}
