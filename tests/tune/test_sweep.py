@@ -74,6 +74,7 @@ def test_sweep_asha_stops_the_bad_region_and_exports_the_best(ray_local, tmp_pat
     assert out.files["aggregate_plot"].stat().st_size > 0
 
 
+@pytest.mark.slow  # ~3 min: 3 trials + 4 single-task runs; run with -m slow
 def test_pareto_mode_and_single_task_runs_at_equal_compute(ray_local, tmp_path, data_root):
     """Multi-objective mode returns only the non-dominated trials; ``single_task`` then
     trains each head alone for the steps its source got and adds per-head deltas."""
