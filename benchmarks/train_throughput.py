@@ -115,9 +115,10 @@ def label_dtypes(model) -> dict:
     return {t: h.label_dtype for t, h in model.heads.items()}
 
 
-def deepspeed_in_process(cfg, data, steps: int):
+def deepspeed_in_process(cfg, data, steps: int, skip_allreduce: bool = False):
     """The same loop through a DeepSpeed engine (world size 1, gloo), without Ray: what
-    the engine alone costs."""
+    the engine alone costs (``skip_allreduce``: without its world-size-1 gradient
+    all-reduce, as the platform runs it)."""
     import os
 
     import deepspeed
@@ -126,7 +127,8 @@ def deepspeed_in_process(cfg, data, steps: int):
     from ecomtl.train.optim import build_optimizer, build_scheduler
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
     torch.manual_seed(0)
     model = build_model(cfg, data.label_infos, load_tokenizer(cfg.model))
@@ -134,6 +136,8 @@ def deepspeed_in_process(cfg, data, steps: int):
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg),
                                            config=deepspeed_config(cfg, False))
     engine.train()
+    if skip_allreduce:  # what the platform's loop does at world size 1, ZeRO-0
+        engine.enable_backward_allreduce = False
 
     def forward_backward(b, specs, clock):
         with autocast(cfg):
@@ -204,9 +208,10 @@ def compare(title: str, base, data, steps: int, plain_fn, plain_name: str, varia
     rows.append([plain_name, plain, 1.0, "-"])
     phases.append(breakdown(plain_name, ms))
     if in_process:
-        rate, ms, _ = in_process(base, data, steps)
-        rows.append(["DeepSpeed engine in-process, ZeRO-0, no Ray", rate, rate / plain, "-"])
-        phases.append(breakdown("DeepSpeed engine in-process", ms))
+        for skip, name in ((False, "DeepSpeed engine in-process"), (True, "  same, no world-1 all-reduce")):
+            rate, ms, _ = in_process(base, data, steps, skip)
+            rows.append([f"{name}, ZeRO-0, no Ray", rate, rate / plain, "-"])
+            phases.append(breakdown(name, ms))
     for name, extra in variants.items():
         cfg = base.model_copy(update={"distributed": base.distributed.model_copy(update=extra)})
         rate, wall = platform_loop(cfg, name.split(",")[0].replace(" ", ""))
