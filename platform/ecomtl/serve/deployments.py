@@ -27,6 +27,7 @@ from ray import serve
 
 from ecomtl.model.bundle import load_bundle, read_spec
 from ecomtl.model.predictor import EncoderRunner, Features, HeadRunner, Preprocessor
+from ecomtl.serve import metrics
 from ecomtl.serve.schemas import Batching
 
 log = logging.getLogger("ray.serve")
@@ -141,6 +142,7 @@ class Encoder:
     # ones. Limits are reset from the args in __init__.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=encoder_rows)
     async def encode(self, calls: list[tuple[Features, str, bool]]):
+        metrics.batch("encoder", metrics.NO_TASK, encoder_rows(calls))
         # Only calls of one input kind and one adapter route can share a forward pass:
         # one pass per group, results back in call order.
         groups: dict[tuple, list[int]] = {}
@@ -190,6 +192,7 @@ class Head:
     # Two batches in flight: one waits on the encoder while the next is tokenised.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
     async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list:
+        metrics.batch("head", self.task, item_rows(calls))
         return await isolated(calls, self._predict)
 
     async def _predict(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
@@ -200,6 +203,7 @@ class Head:
         else:
             enc = await with_retry(lambda: self.encoder.remote(feats, self.route, self.need_hidden))
         preds = self.heads.predict(self.task, enc, feats)
+        metrics.truncations(self.task, feats.truncated)
         out, start = [], 0
         for items in calls:
             out.append(preds[start:start + len(items)])
@@ -207,5 +211,7 @@ class Head:
         return out
 
     async def apply(self, enc, feats: Features) -> list[dict]:
-        return self.heads.predict(self.task, enc, feats)
+        preds = self.heads.predict(self.task, enc, feats)
+        metrics.truncations(self.task, feats.truncated)
+        return preds
 

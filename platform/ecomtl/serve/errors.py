@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException  # FastAPI's subclasses it; routi
 from starlette.requests import Request
 
 from ecomtl.model.predictor import InputError
+from ecomtl.serve import metrics
 
 log = logging.getLogger("ray.serve")
 MAX_DETAILS = 20
@@ -55,6 +56,7 @@ def cut(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def error_body(code: str, message: str, details: Optional[list] = None) -> dict:
+    metrics.note_error(code)  # every refusal is built here: the request's metrics get its code
     body = {"code": code, "message": cut(message), "request_id": request_id()}
     if details:
         body["details"] = details[:MAX_DETAILS]

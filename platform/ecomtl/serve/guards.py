@@ -2,7 +2,7 @@
 the bundle version header; unexpected errors become a JSON 500 (never a
 traceback); then, in order, API-key auth, admission (a bound on requests in flight: JSON
 503 with Retry-After beyond it) and the body size limit (JSON 413, also for chunked
-bodies without Content-Length)."""
+bodies without Content-Length). Each answer is counted there too (serve/metrics.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ecomtl.serve import metrics
 from ecomtl.serve.errors import error_body, request_id
 from ecomtl.serve.schemas import AuthArgs
 
@@ -60,14 +61,28 @@ def key_ok(given: Optional[bytes], keys: list[bytes]) -> bool:
 
 class Edge:
     def __init__(self, app, *, version: str, keys: list[bytes], max_in_flight: int, retry_after_s: int,
-                 max_body_bytes: int):
-        self.app, self.version, self.keys = app, version, keys
+                 max_body_bytes: int, tasks: list[str]):
+        self.app, self.version, self.keys, self.tasks = app, version, keys, tasks
         self.max_in_flight, self.retry_after_s, self.max_body_bytes = max_in_flight, retry_after_s, max_body_bytes
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # every answer, refusals at the edge included, is counted once it has been sent
+        req = metrics.start(route_path(scope), self.tasks)
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                req.status = message["status"]
+            await send(message)
+
+        try:
+            await self.handle(scope, receive, watched)
+        finally:
+            metrics.finish(req)
+
+    async def handle(self, scope, receive, send):
         rid = request_id()
         # (Serve's proxy adds X-Request-Id itself)
         extra = [(b"x-bundle-version", self.version.encode())]
@@ -100,6 +115,7 @@ class Edge:
                                                        f"requests in flight; retry later",
                                     [(b"retry-after", str(self.retry_after_s).encode())])
             self.in_flight += 1
+            metrics.in_flight(self.in_flight)
             try:
                 body = await self.read_body(scope, receive)
                 if body is None:
@@ -107,6 +123,7 @@ class Edge:
                 await self.app(scope, replay(body, receive), send_tagged)
             finally:
                 self.in_flight -= 1
+                metrics.in_flight(self.in_flight)
         except Exception:
             log.exception("unexpected error (request %s)", rid)
             if not started:

@@ -19,6 +19,7 @@ from ray import serve
 
 from ecomtl.model.bundle import bundle_version
 from ecomtl.model.predictor import Preprocessor
+from ecomtl.serve import metrics
 from ecomtl.serve.deployments import load_tokenizer, read_spec, replica_died, with_retry
 from ecomtl.serve.errors import ServiceError, install_handlers
 from ecomtl.serve.guards import Edge, read_keys
@@ -72,6 +73,7 @@ class Ingress:
         return TaskResponse(task=task, predictions=preds)
 
     async def predict_many(self, tasks: list[str], items: list) -> PredictResponse:
+        metrics.note_tasks(dict.fromkeys(tasks))  # counted per task it names
         groups = self.pre.group(tasks, items)
         return await self.within_deadline(lambda: self._predict_many(groups, items))
 
@@ -120,7 +122,8 @@ def build_api(ing: Ingress) -> FastAPI:
     install_handlers(api, list(ing.spec["tasks"]))
     admitted = ing.args.ingress.ongoing + ing.args.ingress.queued
     api.add_middleware(Edge, version=ing.version, keys=ing.keys, max_in_flight=admitted,
-                       retry_after_s=ing.args.retry_after_s, max_body_bytes=ing.args.body_limit)
+                       retry_after_s=ing.args.retry_after_s, max_body_bytes=ing.args.body_limit,
+                       tasks=list(ing.spec["tasks"]))
 
     @api.get("/healthz", summary="liveness: the app is up and knows its tasks")
     async def health() -> dict:
