@@ -40,16 +40,20 @@ def build_app(args: Union[AppArgs, dict]) -> Application:
     if unknown:
         raise ValueError(f"args.tasks: {sorted(unknown)} not in the bundle; its tasks: {', '.join(spec['tasks'])}")
 
+    # A replica being replaced (rollout, scale-down) finishes what it holds: its requests end
+    # within the app's deadline, so Serve must not kill it sooner (a killed ingress is a 500).
+    drain = {"graceful_shutdown_timeout_s": args.request_timeout_s + 5}
     encoder = None
     if args.layout == "shared":
         e = args.encoder
-        encoder = Encoder.options(name="encoder", **e.serve_options()).bind(bundle, e.batching, e.torch_threads)
+        encoder = Encoder.options(name="encoder", **e.serve_options(), **drain).bind(bundle, e.batching, e.torch_threads)
     heads = {}
     for task in spec["tasks"]:
         h = args.head_args(task)
-        heads[task] = Head.options(name=head_deployment_name(task), **h.serve_options()).bind(
+        heads[task] = Head.options(name=head_deployment_name(task), **h.serve_options(), **drain).bind(
             bundle, task, encoder, h.batching, h.torch_threads)
-    return Ingress.options(name="ingress", **args.ingress.ingress_serve_options()).bind(bundle, heads, encoder, args)
+    return Ingress.options(name="ingress", **args.ingress.ingress_serve_options(), **drain).bind(
+        bundle, heads, encoder, args)
 
 
 def serve_bundle(args: Union[AppArgs, dict], host: str = "127.0.0.1", port: int = 8000,

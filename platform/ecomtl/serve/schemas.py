@@ -93,6 +93,10 @@ class DeploymentArgs(Strict):
         None, ge=1, description="requests waiting beyond max_ongoing_requests before callers get 503 "
                                 "(default 4 × max_ongoing_requests: bounded, so overload sheds instead of piling up)")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per replica")
+    max_surge_percent: int = Field(
+        100, ge=0, le=100, description="extra replicas during a rollout (% of the count): the old ones serve "
+                                       "until their replacements are ready; needs room for them. 0: replaced "
+                                       "in place, requests wait for the new replica meanwhile")
 
     @field_validator("autoscaling_config")
     @classmethod
@@ -120,7 +124,8 @@ class DeploymentArgs(Strict):
 
     def serve_options(self) -> dict:
         return {"autoscaling_config": self.autoscaling_config, "ray_actor_options": self.ray_actor_options,
-                "max_ongoing_requests": self.ongoing, "max_queued_requests": self.queued}
+                "max_ongoing_requests": self.ongoing, "max_queued_requests": self.queued,
+                "max_surge_percent": self.max_surge_percent}
 
     def ingress_serve_options(self) -> dict:
         """The ingress admits ``ongoing + queued`` requests itself and answers the next
@@ -141,6 +146,7 @@ class DeploymentOverride(Strict):
     max_ongoing_requests: Optional[int] = Field(None, ge=1)
     max_queued_requests: Optional[int] = Field(None, ge=1)
     torch_threads: Optional[int] = Field(None, ge=1)
+    max_surge_percent: Optional[int] = Field(None, ge=0, le=100)
 
 
 class AuthArgs(Strict):
