@@ -102,6 +102,7 @@ def test_resume_continues_from_saved_step(ray_local, tmp_path, data_root, decode
     extra = lora_decoder_overrides(decoder_tokenizer_dir)
     first = fixed_batch_cfg(tmp_path, data_root, 2, extra + ["training.steps=12"])
     out1 = train_experiment(first, run_name="resume", log=lambda *_: None)
+    a = load_file(str(Path(out1.bundle) / "model.safetensors"))  # read now: the rerun rewrites this bundle
     more = fixed_batch_cfg(tmp_path, data_root, 2, extra)
     out = train_experiment(more, run_name="resume", log=lambda *_: None)
     train = [h for h in out.history if h["kind"] == "train"]
@@ -115,7 +116,6 @@ def test_resume_continues_from_saved_step(ray_local, tmp_path, data_root, decode
         start, stop, after = (train[i][f"train_loss/{task}"] for i in (0, 2, 3))
         assert after < start - 0.5 * (start - stop), f"{task}: {start:.3f} → {stop:.3f}, resumed at {after:.3f}"
     # and the adapters kept training from the saved ones
-    a = load_file(str(Path(out1.bundle) / "model.safetensors"))
     b = load_file(str(Path(out.bundle) / "model.safetensors"))
     assert a.keys() == b.keys() and any("lora_B.rating." in k for k in a)
     assert any(not bool((a[k] == b[k]).all()) for k in a if "lora_" in k)
