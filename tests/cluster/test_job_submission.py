@@ -57,6 +57,7 @@ def test_failing_job_exit_code_and_logs(cluster, runs_dir):
     assert re.search(r"_ray_pkg_\w+/platform/ecomtl/data/prepare\.py", logs), logs[-3000:]
 
 
+@pytest.mark.slow  # ~55 s; tests/tune/test_sweep.py keeps a real sweep in CI
 def test_tune_job_runs_a_sweep_and_hands_on_its_best_bundle(cluster, runs_dir, data_root):
     """``jobs/tune.py`` under ``ray job submit``: the trials are Ray Train runs scheduled
     by Tune on the cluster; the sweep's table, best config and best bundle land in

@@ -21,7 +21,8 @@ import pytest
 from local_cluster import (REPO, RECOVERY_EVAL, RECOVERY_STEPS, StreamedJob, bundle_metrics, runtime_env_json,
                            train_command, wait_for_committed_checkpoint)
 
-pytestmark = pytest.mark.integration
+# ~85 s (a reference run, then a run whose worker is SIGKILLed); run with -m slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEP_LINE = r"\[ecomtl\] step (\d+)/%d" % RECOVERY_STEPS
 
 

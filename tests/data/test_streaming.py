@@ -111,6 +111,7 @@ def test_every_row_once_per_epoch_across_two_workers(ray_local, tiny_cfg, data_r
                   f"rank 0 {sum(per_rank[0].values())} + rank 1 {sum(per_rank[1].values())}")
 
 
+@pytest.mark.slow  # ~65 s; the exactly-once test above keeps the streamed path in CI
 @pytest.mark.integration
 def test_training_on_streamed_data(ray_local, tiny_cfg):
     """The training loop end to end on the Ray Data path: 2 workers, ZeRO-2, a bundle."""

@@ -36,6 +36,7 @@ def running(snapshot, name) -> int:
     return snapshot[name][0]
 
 
+@pytest.mark.slow  # ~80 s of scaling up and down on 2 CPUs; -m slow
 def test_burst_scales_one_task_up_then_down(serve_http, tiny_bundle, app_args):
     from ray import serve
 

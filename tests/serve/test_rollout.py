@@ -69,6 +69,7 @@ class Load:
             t.join(90)
 
 
+@pytest.mark.slow  # ~2 min (a second bundle is trained, then a redeploy under load); -m slow
 def test_redeploy_with_a_new_bundle_under_load(serve_http, tiny_bundle, new_bundle, app_args):
     from ray import serve
 
