@@ -46,10 +46,14 @@ def predict_pairs(
         batch = to_device(collate(split, chunk, pad_id, label_dtypes), device)
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch, tasks)
-        if filler:
-            continue
         for t in tasks:
-            out[t].extend(model.heads[t].gold_and_pred(logits[t].float().cpu(), batch["labels"][t].cpu(), batch))
+            head = model.heads[t]
+            if filler and not head.needs_backbone:
+                continue
+            # a decoding head decodes on a filler batch too (synced steps under ZeRO-3), dropped here
+            pairs = head.gold_and_pred(logits[t].float().cpu(), batch["labels"][t].cpu(), batch)
+            if not filler:
+                out[t].extend(pairs)
     model.train(was_training)
     return out
 
@@ -59,7 +63,14 @@ def eval_rows(split: PreparedSplit, max_rows: Optional[int] = None, seed: int = 
     batches need little padding."""
     rows = np.arange(len(split))
     if max_rows and max_rows < len(rows):
-        rows = np.random.default_rng(seed).choice(rows, size=max_rows, replace=False)
+        rng = np.random.default_rng(seed)
+        if split.groups is None:
+            rows = rng.choice(rows, size=max_rows, replace=False)
+        else:  # whole groups (ranking scores a group's candidates together) up to ~max_rows
+            order = rng.permutation(int(split.groups.max()) + 1)
+            sizes = np.bincount(split.groups)[order]
+            chosen = order[:max(1, int(np.searchsorted(np.cumsum(sizes), max_rows, side="right")))]
+            rows = rows[np.isin(split.groups, chosen)]
     lengths = split.lengths()[rows]
     return rows[np.argsort(lengths, kind="stable")]
 

@@ -33,7 +33,7 @@ def test_bad_value_names_the_field():
 
 
 def test_unknown_head_lists_known_heads():
-    msg = err(base(), ["tasks.rating.head=ranking"])
+    msg = err(base(), ["tasks.rating.head=ranker"])
     assert "tasks.rating.head" in msg and "classification" in msg and "tagging" in msg
 
 

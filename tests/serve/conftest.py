@@ -31,10 +31,15 @@ def port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, data_root) -> str:
-    from ecomtl.config.load import load_config
+    """The tiny config's heads plus a ranking head (offers grouped by the left offer):
+    every head type that reads an encoder, each behind its own route."""
+    from ecomtl.config.load import config_from_dict, read_yaml
     from ecomtl.model.predictor import untrained_bundle
 
-    cfg = load_config(CONFIGS / "tiny.yaml", [f"data_root={data_root}"])
+    data = read_yaml(CONFIGS / "tiny.yaml")
+    data["sources"]["offers"]["group"] = "left"
+    data["tasks"]["twins"] = {"source": "offers", "head": "ranking", "label": "label"}
+    cfg = config_from_dict(data, [f"data_root={data_root}"])
     return str(untrained_bundle(cfg, tmp_path_factory.mktemp("bundle") / "tiny"))
 
 

@@ -40,7 +40,8 @@ def test_tasks_health_openapi(served):
     r = requests.get(served + "/v1/tasks", timeout=30)
     assert r.status_code == 200
     tasks = {t["name"]: t for t in r.json()["tasks"]}
-    assert set(tasks) == {"rating", "stars", "attributes", "match"}
+    assert set(tasks) == {"rating", "stars", "attributes", "match", "twins"}
+    assert tasks["twins"]["input_fields"] == ["query", "candidates"]
     assert tasks["match"]["input_fields"] == ["text", "text_pair"] and tasks["rating"]["labels"] == ["1", "2", "3", "4", "5"]
     assert requests.get(served + "/healthz", timeout=30).json()["status"] == "ok"
     paths = requests.get(served + "/openapi.json", timeout=30).json()["paths"]

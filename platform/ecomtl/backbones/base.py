@@ -42,6 +42,8 @@ class Backbone(Plugin, nn.Module):
     poolings: ClassVar[tuple[str, ...]]
     #: whether the model takes ``token_type_ids`` (BERT segments)
     uses_token_types: ClassVar[bool] = False
+    #: has an LM head that generation heads project with (``lm_logits``)
+    has_lm_head: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, pooling: str):
         super().__init__()
@@ -70,8 +72,18 @@ class Backbone(Plugin, nn.Module):
     def random(cls, tiny: dict, vocab_size: int, dropout: float) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def keep_layers(cls, model: nn.Module, n: int) -> nn.Module:
+        """``model`` cut to its first ``n`` transformer layers, their pretrained weights
+        kept (``model.num_layers``: a smaller student for ``ecomtl distill``)."""
+        raise ValueError(f"model.num_layers: {cls.__name__} backbones cannot drop layers")
+
     # -- forward -------------------------------------------------------------------------
     def token_states(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Token states → vocabulary logits (backbones with ``has_lm_head``)."""
         raise NotImplementedError
 
     # -- saving --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class DecoderBackbone(Backbone):
 
     Tiny = TinyDecoder
     poolings = ("last", "mean")
+    has_lm_head = True
 
     @classmethod
     def load_tokenizer(cls, location):
@@ -73,6 +74,9 @@ class DecoderBackbone(Backbone):
         config = AutoConfig.for_model(family, vocab_size=vocab_size, max_position_embeddings=512,
                                       attention_dropout=dropout, tie_word_embeddings=True, **shape)
         return AutoModelForCausalLM.from_config(config)
+
+    def lm_logits(self, hidden):
+        return self.model.get_output_embeddings()(hidden)
 
     def token_states(self, input_ids, attention_mask, token_type_ids=None):
         # the inner transformer: hidden states without the [batch, seq, vocab] LM logits

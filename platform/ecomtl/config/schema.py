@@ -42,6 +42,17 @@ class SourceConfig(Strict):
     # micro-batch for them keeps the cost of a step even across sources.
     batch_size: Optional[int] = Field(None, ge=1, description="micro-batch per worker for this source "
                                       "(default training.batch_size)")
+    prompt: Optional[str] = Field(None, description="a template over the source's text, '{text}' marking where it "
+                                  "goes (e.g. 'Product: {text}\\nCategory path:'): decoder prompts; serving applies it too")
+    # Ranking reads candidates of one query together: rows sharing a value of ``group``
+    # (e.g. the left offer) form a group, and a grouped source's batches hold whole groups.
+    group: Optional[str] = Field(None, description="column whose equal values group rows (a query and its "
+                                 "candidates); batches then keep groups whole")
+    groups_per_batch: int = Field(8, ge=1, description="grouped sources: groups per worker per micro-step "
+                                  "(every rank the same number)")
+    max_group_size: int = Field(16, ge=2, description="grouped sources: candidates per group in a training batch "
+                                "(larger groups keep every relevant row and a fresh random sample of the rest "
+                                "each epoch); evaluation scores whole groups")
 
     @field_validator("text", "text_pair", mode="before")
     @classmethod
@@ -53,6 +64,13 @@ class SourceConfig(Strict):
     def _max_length(cls, v):
         if isinstance(v, int) and not 8 <= v <= 8192:
             raise ValueError("max_length must be 'auto' or between 8 and 8192")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        if v is not None and v.count("{text}") != 1:
+            raise ValueError("prompt must contain '{text}' exactly once (where the source's text goes)")
         return v
 
     @field_validator("path")
@@ -68,6 +86,8 @@ class SourceConfig(Strict):
             raise ValueError("give exactly one of 'text' (columns) or 'tokens' (a pre-tokenised column)")
         if self.text_pair is not None and self.text is None:
             raise ValueError("'text_pair' needs 'text'")
+        if self.prompt is not None and (self.text is None or self.text_pair is not None):
+            raise ValueError("'prompt' formats a single text: give 'text' (and no 'text_pair')")
         if self.format is None:
             suffix = Path(self.path).suffix.lower()
             fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
@@ -185,6 +205,9 @@ class ModelConfig(Strict):
     tiny: Optional[dict] = Field(None, description="a randomly initialised model of this shape (the backbone's "
                                  "Tiny options): tests and smoke runs, no download")
     pooling: Optional[str] = Field(None, description="how token states become one vector; default: the backbone's")
+    num_layers: Optional[int] = Field(None, ge=1, description="keep only the first N transformer layers of the "
+                                      "backbone, with their pretrained weights (a smaller, faster student for "
+                                      "`ecomtl distill`); default: all")
     dropout: float = Field(0.1, ge=0, lt=1)
     adapter: AdapterChoice = Field(default_factory=AdapterChoice)
     sharing: SharingChoice = Field(default_factory=SharingChoice)
@@ -200,10 +223,13 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _backbone(self):
         from ecomtl.backbones import BACKBONES
+        from ecomtl.backbones.base import Backbone
 
         kind = BACKBONES.get(self.backbone)
         if self.tiny is not None:
             self.__dict__["tiny"] = validate_options(kind.Tiny, self.tiny, "tiny")
+        if self.num_layers is not None and kind.keep_layers.__func__ is Backbone.keep_layers.__func__:
+            raise ValueError(f"num_layers: {self.backbone} backbones cannot drop layers")
         if self.pooling is None:
             self.__dict__["pooling"] = kind.poolings[0]
         elif self.pooling not in kind.poolings:
@@ -304,6 +330,17 @@ class TrainingConfig(Strict):
     log_every: int = Field(20, ge=1)
     seed: int = 0
     keep_checkpoints: int = Field(2, ge=1)
+    init_from: Optional[str] = Field(None, description="a bundle to start from (`ecomtl train --init-from`): its "
+                                     "weights by name, and its label spaces for the tasks it has; new tasks' heads "
+                                     "start fresh (lifecycle/init_from.py)")
+    l2sp: float = Field(0.0, ge=0, description="L2-SP weight: alpha/2 * sum ||theta - theta_init_from||^2 added to "
+                        "the loss, pulling toward the init_from weights against forgetting; 0 = off")
+
+    @model_validator(mode="after")
+    def _l2sp_needs_start(self):
+        if self.l2sp > 0 and not self.init_from:
+            raise ValueError("l2sp: pulls toward the init_from weights; set training.init_from (or l2sp 0)")
+        return self
 
 
 class DistributedConfig(Strict):
@@ -370,6 +407,7 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        from ecomtl.backbones import BACKBONES
         from ecomtl.tasks import TASK_HEADS
 
         for name, task in self.tasks.items():
@@ -384,6 +422,27 @@ class ExperimentConfig(Strict):
                     f"tasks.{name}.head: head {task.head!r} takes {'/'.join(head.input_kinds)} inputs, "
                     f"but source {task.source!r} gives {kind!r}"
                 )
+            if head.needs_lm_head and not BACKBONES.get(self.model.backbone).has_lm_head:
+                raise ValueError(f"tasks.{name}.head: {task.head} heads write text with a language-model head; "
+                                 f"model.backbone {self.model.backbone!r} has none (use a decoder)")
+            sharing_source = [t for t, tc in self.tasks.items() if tc.source == task.source and t != name]
+            if head.owns_source and sharing_source:
+                raise ValueError(f"tasks.{name}.source: {task.head} heads append their target to the inputs, so "
+                                 f"source {task.source!r} must hold no other task (it has {', '.join(sharing_source)}): "
+                                 "give them a source of their own on the same file")
+            if not head.streams and self.data.engine != "memory":
+                raise ValueError(f"tasks.{name}.head: {task.head} rows are finished in memory; data.engine "
+                                 f"{self.data.engine!r} streams them")
+            if head.needs_groups and not self.sources[task.source].group:
+                raise ValueError(f"tasks.{name}.source: {task.head} heads compare the rows of a group; "
+                                 f"set sources.{task.source}.group to the column that groups them")
+        for name, src in self.sources.items():
+            if src.group and self.data.engine != "memory":
+                raise ValueError(f"sources.{name}.group: grouped sources are batched in memory (whole groups "
+                                 f"per batch); data.engine {self.data.engine!r} streams rows one by one")
+        if self.training.l2sp > 0 and self.distributed.zero_stage == 3:
+            raise ValueError("training.l2sp: ZeRO-3 partitions the parameters the penalty reads; "
+                             "use distributed.zero_stage 0-2 (or l2sp 0)")
         unknown = set(self.sampling.weights or {}) - set(self.sources)
         if unknown:
             raise ValueError(f"sampling.weights: unknown source(s) {sorted(unknown)}; known: {', '.join(self.sources)}")

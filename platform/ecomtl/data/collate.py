@@ -47,4 +47,6 @@ def collate(split: PreparedSplit, rows, pad_id: int, label_dtypes: dict[str, tor
         else:
             labels[task] = torch.tensor([values[r] for r in rows], dtype=label_dtypes[task])
     batch["labels"] = labels
+    if split.groups is not None:  # ranking heads compare the rows of each group
+        batch["group"] = torch.from_numpy(split.groups[np.asarray(rows)])
     return batch

@@ -28,13 +28,16 @@ class TrainingData:
         return "train splits streamed with Ray Data: " + ", ".join(f"{s} {n} rows" for s, n in self.sizes.items())
 
 
-def prepare_training_data(cfg: ExperimentConfig, tokenizer, root: str) -> TrainingData:
+def prepare_training_data(cfg: ExperimentConfig, tokenizer, root: str,
+                          label_infos: Optional[dict] = None) -> TrainingData:
+    """``label_infos``: fixed label spaces (a bundle's, ``training.init_from``) instead of
+    fitting them on train."""
     if cfg.data.engine == "memory":
-        return TrainingData(prepare_data(cfg, tokenizer, root=root))
+        return TrainingData(prepare_data(cfg, tokenizer, root=root, label_infos=label_infos))
     from ecomtl.data.streaming import build_train_datasets
 
     opened = {name: open_split(name, cfg, root, "train", engine=cfg.data.engine) for name in cfg.sources}
-    label_infos = fit_label_infos(cfg, root, opened=opened)
+    label_infos = label_infos or fit_label_infos(cfg, root, opened=opened)
     datasets, max_lengths, sizes = build_train_datasets(cfg, tokenizer, label_infos, opened)
     data = prepare_data(cfg, tokenizer, splits=("validation",), label_infos=label_infos,
                         max_lengths=max_lengths, root=root)

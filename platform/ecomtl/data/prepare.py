@@ -21,6 +21,7 @@ import numpy as np
 
 from ecomtl.config.schema import ExperimentConfig, SourceConfig
 from ecomtl.data.sources import DataError, RawSplit, open_split
+from ecomtl.model.predictor import render_prompt
 from ecomtl.tasks import TASK_HEADS
 from ecomtl.tasks.base import is_missing
 
@@ -37,6 +38,9 @@ class PreparedSplit:
     token_type_ids: Optional[list[np.ndarray]]
     labels: dict[str, list]  # task → per-row label (int, float, or array over tokens)
     report: dict = field(default_factory=dict)
+    #: grouped sources (``sources.<s>.group``): each row's group, numbered 0.. in order of
+    #: first appearance in the split; None for ungrouped sources
+    groups: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -69,6 +73,8 @@ def _inputs(src: SourceConfig, batch: dict, i: int):
     text = join_text([batch[c][i] for c in src.text])
     if not text:
         return None, None
+    if src.prompt:
+        text = render_prompt(src.prompt, text)
     if src.text_pair:
         pair = join_text([batch[c][i] for c in src.text_pair])
         return (text, pair) if pair else (None, None)
@@ -94,17 +100,25 @@ def auto_max_length(tokenizer, src: SourceConfig, inputs: list, pairs: list) -> 
 
 def select_rows(name: str, cfg: ExperimentConfig, batch: dict, n_rows: int, label_infos: dict[str, dict]):
     """Apply the bad-row policy to raw rows (``batch``: column → values): the usable
-    inputs, pairs and encoded labels, plus why the others were skipped or ignored."""
+    inputs, pairs and encoded labels, each kept row's group key (grouped sources; else
+    None), plus why the others were skipped or ignored."""
     src = cfg.sources[name]
     tasks = cfg.task_names_by_source()[name]
     status = Counter()
     reasons = {t: Counter() for t in tasks}
-    inputs, pairs, labels = [], [], {t: [] for t in tasks}
+    inputs, pairs, labels, keys = [], [], {t: [] for t in tasks}, []
     for i in range(n_rows):
         text, pair = _inputs(src, batch, i)
         if text is None:
             status["missing_text"] += 1
             continue
+        key = None
+        if src.group:
+            key = batch[src.group][i]
+            if is_missing(key):
+                status["missing_group"] += 1
+                continue
+            key = str(key)
         encoded, usable = {}, False
         for t in tasks:
             head = TASK_HEADS.get(cfg.tasks[t].head)
@@ -121,9 +135,18 @@ def select_rows(name: str, cfg: ExperimentConfig, batch: dict, n_rows: int, labe
             continue
         inputs.append(text)
         pairs.append(pair)
+        keys.append(key)
         for t in tasks:
             labels[t].append(encoded[t])
-    return inputs, pairs, labels, status, reasons
+    return inputs, pairs, labels, (keys if src.group else None), status, reasons
+
+
+def number_groups(keys: Optional[list]) -> Optional[np.ndarray]:
+    """Group keys → 0, 1, ... in order of first appearance (None stays None)."""
+    if keys is None:
+        return None
+    ids: dict = {}
+    return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64, count=len(keys))
 
 
 def encode_rows(tokenizer, src: SourceConfig, inputs: list, pairs: list, labels: dict[str, list], max_length: int):
@@ -165,7 +188,7 @@ def resolve_max_length(tokenizer, cfg: ExperimentConfig, raw: RawSplit, label_in
         return src.max_length
     rows = raw.sample(AUTO_LENGTH_SAMPLE)
     n = len(next(iter(rows.values()), []))
-    inputs, pairs, _, _, _ = select_rows(raw.name, cfg, rows, n, label_infos)
+    inputs, pairs, _, _, _, _ = select_rows(raw.name, cfg, rows, n, label_infos)
     if not inputs:
         raise DataError(f"sources.{raw.name}: no usable rows in a sample of {n} train rows to size max_length on")
     return auto_max_length(tokenizer, src, inputs, pairs)
@@ -174,10 +197,15 @@ def resolve_max_length(tokenizer, cfg: ExperimentConfig, raw: RawSplit, label_in
 def prepare_source(raw: RawSplit, cfg: ExperimentConfig, tokenizer, label_infos: dict[str, dict],
                    max_length: int) -> PreparedSplit:
     """Encode one source's split in memory (``label_infos`` fit on train first)."""
-    inputs, pairs, labels, status, reasons = select_rows(raw.name, cfg, raw.rows(), len(raw), label_infos)
+    inputs, pairs, labels, keys, status, reasons = select_rows(raw.name, cfg, raw.rows(), len(raw), label_infos)
     if not inputs:
         raise DataError(f"sources.{raw.name}: no usable rows in split {raw.split!r} ({dict(status)})")
     input_ids, token_type_ids, labels, truncated = encode_rows(tokenizer, raw.src, inputs, pairs, labels, max_length)
+    for t in list(labels):  # heads that extend their rows (generation: prompt + target)
+        task = cfg.tasks[t]
+        finished = TASK_HEADS.get(task.head).finish_rows(tokenizer, input_ids, labels[t], task.options)
+        if finished is not None:
+            input_ids, labels[t] = finished
     report = {
         "path": raw.path,
         "rows_read": len(raw),
@@ -187,7 +215,10 @@ def prepare_source(raw: RawSplit, cfg: ExperimentConfig, tokenizer, label_infos:
         "max_length": max_length,
         "truncated_rows": truncated,
     }
-    return PreparedSplit(input_ids, token_type_ids, labels, report)
+    groups = number_groups(keys)
+    if groups is not None:
+        report["groups"] = int(groups.max()) + 1
+    return PreparedSplit(input_ids, token_type_ids, labels, report, groups)
 
 
 def fit_label_infos(cfg: ExperimentConfig, root: str, engine: str = "memory",

@@ -178,3 +178,53 @@ class ShardedBatches:
     def batch(self, k: int) -> np.ndarray:
         rows = self._epoch(k // self.per_epoch)[k % self.per_epoch]
         return rows[self.rank::self.world]
+
+
+class GroupedBatches:
+    """Batch k of a grouped source (``sources.<s>.group``) for one rank, as a function
+    of k: ``groups_per_batch`` whole groups per rank, every rank the same number, no
+    group on two ranks in one step.
+
+    An epoch is a seeded permutation of the groups. A group larger than
+    ``max_group_size`` keeps its ``priority`` rows (the relevant candidates) and a
+    random sample of the rest, drawn afresh each epoch, so every negative is seen over
+    the epochs while a batch's size stays bounded."""
+
+    def __init__(self, groups: np.ndarray, groups_per_batch: int, rank: int, world: int, seed: int,
+                 max_group_size: int, priority: Optional[np.ndarray] = None):
+        order = np.argsort(groups, kind="stable")
+        bounds = np.flatnonzero(np.diff(groups[order])) + 1
+        self.members = np.split(order, bounds)
+        self.n_groups = len(self.members)
+        self.gpb, self.rank, self.world, self.seed = groups_per_batch, rank, world, seed
+        self.max_group_size = max_group_size
+        self.priority = priority
+        self.global_groups = groups_per_batch * world
+        self.per_epoch = max(1, self.n_groups // self.global_groups)
+        self._cached: tuple = (None, None)
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if self._cached[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_groups)
+            need = self.per_epoch * self.global_groups
+            if len(perm) < need:  # fewer groups than one global batch: wrap around
+                perm = np.resize(perm, need)
+            self._cached = (epoch, perm[:need].reshape(self.per_epoch, self.global_groups))
+        return self._cached[1]
+
+    def _capped(self, g: int, epoch: int) -> np.ndarray:
+        rows = self.members[g]
+        if len(rows) <= self.max_group_size:
+            return rows
+        rows = np.random.default_rng([self.seed, epoch, int(g)]).permutation(rows)
+        if self.priority is not None:
+            rows = rows[np.argsort(~self.priority[rows], kind="stable")]  # relevant rows first
+        return np.sort(rows[:self.max_group_size])
+
+    def groups_of(self, k: int) -> np.ndarray:
+        """The group ids rank ``self.rank`` trains on at batch ``k``."""
+        return self._epoch(k // self.per_epoch)[k % self.per_epoch][self.rank::self.world]
+
+    def batch(self, k: int) -> np.ndarray:
+        epoch = k // self.per_epoch
+        return np.concatenate([self._capped(g, epoch) for g in self.groups_of(k)])

@@ -28,7 +28,8 @@ def source_path(src: SourceConfig, root: str, split: str) -> str:
 
 
 def input_columns(src: SourceConfig) -> list[str]:
-    return list(src.text or []) + list(src.text_pair or []) + ([src.tokens] if src.tokens else [])
+    return (list(src.text or []) + list(src.text_pair or []) + ([src.tokens] if src.tokens else [])
+            + ([src.group] if src.group and src.group not in (src.text or []) + (src.text_pair or []) else []))
 
 
 def plain_values(values) -> list:

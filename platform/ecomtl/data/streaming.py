@@ -64,7 +64,7 @@ class Tokenize:
         src = cfg.sources[self.name]
         n = len(next(iter(batch.values())))
         rows = {k: plain_values(v) for k, v in batch.items()}
-        inputs, pairs, labels, _, _ = select_rows(self.name, cfg, rows, n, self.label_infos)
+        inputs, pairs, labels, _, _, _ = select_rows(self.name, cfg, rows, n, self.label_infos)
         tok = _tokenizer(cfg.model.model_dump_json())
         if not inputs:  # every row of this batch skipped: an empty batch, same columns
             return self._empty(cfg, tok, src)

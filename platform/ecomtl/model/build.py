@@ -34,11 +34,17 @@ def build_model(cfg: ExperimentConfig, label_infos: dict, tokenizer, location: O
         hf = kind.random(m.tiny, len(tokenizer), m.dropout)
     else:
         hf = kind.pretrained(resolve(m.pretrained))
+    if m.num_layers is not None:  # a smaller student: the first N pretrained layers
+        hf = kind.keep_layers(hf, m.num_layers)
     tasks = list(cfg.tasks)
     adapter = ADAPTERS.get(m.adapter.kind)(m.adapter.options)
     adapter.attach(hf, tasks)
     backbone = kind(hf, m.pooling)
-    return MultiTaskModel(backbone, *_heads_and_sharing(cfg, label_infos, backbone.hidden_size), adapter.routes(tasks))
+    routes = adapter.routes(tasks)
+    heads, sharing = _heads_and_sharing(cfg, label_infos, backbone.hidden_size)
+    for t, head in heads.items():
+        head.attach(backbone, tokenizer, routes[t])
+    return MultiTaskModel(backbone, heads, sharing, routes)
 
 
 def build_heads(cfg: ExperimentConfig, label_infos: dict, hidden_size: int, routes: dict) -> MultiTaskModel:
@@ -49,5 +55,7 @@ def build_heads(cfg: ExperimentConfig, label_infos: dict, hidden_size: int, rout
 def _heads_and_sharing(cfg: ExperimentConfig, label_infos: dict, hidden: int):
     m = cfg.model
     heads = {t: TASK_HEADS.get(tc.head)(hidden, label_infos[t], m.dropout, tc.options) for t, tc in cfg.tasks.items()}
+    for t, head in heads.items():
+        head.task_name = t
     token_tasks = [t for t, h in heads.items() if h.level == "token"]  # soft sharing mixes only their tokens
     return heads, SHARING.get(m.sharing.kind)(hidden, list(cfg.tasks), m.sharing.options, token_tasks)

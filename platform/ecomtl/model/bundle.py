@@ -88,6 +88,7 @@ def bundle_spec(cfg: ExperimentConfig, label_infos: dict, max_lengths: dict, rou
                 "text": src.text,
                 "text_pair": src.text_pair,
                 "tokens": src.tokens,
+                "prompt": src.prompt,
                 "max_length": max_lengths[name],
             }
             for name, src in cfg.sources.items()

@@ -36,6 +36,11 @@ DEFAULT_MAX_ITEMS = 64
 DEFAULT_MAX_TEXT_CHARS = 10_000
 
 
+def render_prompt(template: str, text: str) -> str:
+    """``sources.<s>.prompt`` over a row's text (training and serving alike)."""
+    return template.replace("{text}", text)
+
+
 class InputError(ValueError):
     """A request the service refuses; ``status`` is the HTTP status, ``code`` a stable name."""
 
@@ -165,6 +170,8 @@ class Preprocessor:
     def features(self, source: str, items: list[tuple[str, Optional[str]]]) -> Features:
         src = self.spec["sources"][source]
         texts = [t for t, _ in items]
+        if src.get("prompt"):  # the source's template, as training applied it
+            texts = [render_prompt(src["prompt"], t) for t in texts]
         kw = dict(truncation=True, max_length=src["max_length"])
         if src["kind"] == "tokens":
             words = [split_words(t) for t in texts]
@@ -205,6 +212,15 @@ class HeadRunner:
         return any(self.model.heads[t].level == "token" for t in tasks)
 
     @torch.inference_mode()
+    def generate(self, task: str, feats: Features, max_new_tokens: Optional[int] = None) -> list[dict]:
+        """A decoding head's answers (it runs the whole model: ``self.model`` must hold
+        the backbone)."""
+        made = self.model.heads[task].generate(feats.input_ids, max_new_tokens)
+        for m, cut in zip(made, feats.truncated):
+            m["truncated"] = cut
+        return made
+
+    @torch.inference_mode()
     def predict(self, task: str, enc: Encoded, feats: Features, batch: Optional[dict] = None) -> list[dict]:
         """``batch``: ``feats.batch()`` when the caller already padded it (one pad per
         request, not one per task)."""
@@ -235,11 +251,18 @@ class Predictor:
         b = load_bundle(path)
         return cls(Preprocessor(b.tokenizer, b.spec, limits), EncoderRunner(b.model), HeadRunner(b.model), b.spec)
 
-    def predict(self, tasks: list[str], inputs: Any) -> dict[str, list[dict]]:
+    def predict(self, tasks: list[str], inputs: Any, max_new_tokens: Optional[int] = None) -> dict[str, list[dict]]:
+        """``max_new_tokens``: the decoding budget of generation tasks (their own cap at most)."""
         items = normalize_items(inputs)
         out = {}
         for (source, route), names in self.pre.group(tasks, items).items():
             feats = self.pre.features(source, items)
+            decoding = [t for t in names if self.heads.model.heads[t].needs_backbone]
+            for t in decoding:
+                out[t] = self.heads.generate(t, feats, max_new_tokens)
+            names = [t for t in names if t not in decoding]
+            if not names:
+                continue
             batch = feats.batch()
             enc = self.encoder.encode(feats, route, self.heads.needs_hidden(names), batch)
             for t in names:

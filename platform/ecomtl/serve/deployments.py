@@ -118,7 +118,7 @@ def encoder_rows(calls: list) -> int:
 
 
 def item_rows(calls: list) -> int:
-    return sum(len(items) for items in calls)
+    return sum(len(items) for items, _ in calls)
 
 
 def configure_batching(method, batching: Batching) -> None:
@@ -173,12 +173,16 @@ class Head:
     ``apply``: an encoding computed elsewhere (``/v1/predict``) → predictions."""
 
     def __init__(self, bundle: str, task: str, encoder, batching: Batching, torch_threads: Optional[int] = None):
+        from ecomtl.tasks import TASK_HEADS
+
         spec = read_spec(bundle)
         self.task, self.source, self.route = task, spec["tasks"][task]["source"], spec["routes"][task]
         self.pre = Preprocessor(load_tokenizer(bundle), spec)
-        # naive layout: no shared encoder, a private full copy in this replica
-        self.encoder = encoder
-        self.local = load_encoder_runner(bundle, torch_threads) if encoder is None else None
+        # naive layout: no shared encoder, a private full copy in this replica; so too for a
+        # head that decodes (generation runs the whole model for every new token)
+        self.decodes = TASK_HEADS.get(spec["tasks"][task]["head"]).needs_backbone
+        self.encoder = None if self.decodes else encoder
+        self.local = load_encoder_runner(bundle, torch_threads) if self.encoder is None else None
         # the sharing layer and heads: the whole bundle minus the backbone, or the local copy
         self.heads = HeadRunner(load_bundle(bundle, with_backbone=False).model if self.local is None
                                 else self.local.model)
@@ -186,17 +190,37 @@ class Head:
         self.forward_lock = asyncio.Lock()  # naive: one forward at a time, tokenising may overlap
         configure_batching(self.predict_batch, batching)
 
-    async def predict(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
-        return unwrap(await self.predict_batch(items))
+    async def predict(self, items: list[tuple[str, Optional[str]]], params: Optional[dict] = None) -> list[dict]:
+        """``params``: the request's own settings for the head (generation: max_new_tokens)."""
+        return unwrap(await self.predict_batch((items, params or {})))
 
     # Two batches in flight: one waits on the encoder while the next is tokenised.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
-    async def predict_batch(self, calls: list[list[tuple[str, Optional[str]]]]) -> list:
+    async def predict_batch(self, calls: list[tuple[list, dict]]) -> list:
         metrics.batch("head", self.task, item_rows(calls))
-        return await isolated(calls, self._predict)
+        return await isolated(calls, self._decode if self.decodes else self._predict)
 
-    async def _predict(self, calls: list[list[tuple[str, Optional[str]]]]) -> list[list[dict]]:
-        feats = self.pre.features(self.source, [x for items in calls for x in items])
+    async def _decode(self, calls: list[tuple[list, dict]]) -> list[list[dict]]:
+        """One batched ``generate`` per decoding budget asked (most calls take the
+        default, so usually one for the whole batch); answers back in call order."""
+        by_budget: dict = {}
+        for i, (_, params) in enumerate(calls):
+            by_budget.setdefault(params.get("max_new_tokens"), []).append(i)
+        out: list = [None] * len(calls)
+        for budget, members in by_budget.items():
+            feats = self.pre.features(self.source, [x for i in members for x in calls[i][0]])
+            async with self.forward_lock:  # off the event loop: other calls keep arriving meanwhile
+                made = await asyncio.to_thread(self.heads.generate, self.task, feats, budget)
+            metrics.truncations(self.task, feats.truncated)
+            start = 0
+            for i in members:
+                n = len(calls[i][0])
+                out[i] = made[start:start + n]
+                start += n
+        return out
+
+    async def _predict(self, calls: list[tuple[list, dict]]) -> list[list[dict]]:
+        feats = self.pre.features(self.source, [x for items, _ in calls for x in items])
         if self.local is not None:
             async with self.forward_lock:
                 enc = await asyncio.to_thread(self.local.encode, feats, self.route, self.need_hidden)
@@ -205,7 +229,7 @@ class Head:
         preds = self.heads.predict(self.task, enc, feats)
         metrics.truncations(self.task, feats.truncated)
         out, start = [], 0
-        for items in calls:
+        for items, _ in calls:
             out.append(preds[start:start + len(items)])
             start += len(items)
         return out

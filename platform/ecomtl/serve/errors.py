@@ -72,18 +72,21 @@ def error(status: int, code: str, message: str, details=None, headers=None) -> J
 # -- request validation: the first error of the most telling kind picks code and status --
 # (pydantic type, where in the body) → (status, code); unions report every branch, so the
 # order matters: a list over the limit also "is not a string".
+#: the body fields that carry texts: ``inputs`` of most routes, a ranking route's
+#: ``query`` and ``candidates``
+TEXT_FIELDS = ("inputs", "query", "candidates")
 KINDS = [
-    ({"too_many_items", "too_long"}, "inputs", 413, "too_many_items"),
-    ({"string_too_long"}, "inputs", 413, "text_too_long"),
+    ({"too_many_items", "too_long"}, TEXT_FIELDS, 413, "too_many_items"),
+    ({"string_too_long"}, TEXT_FIELDS, 413, "text_too_long"),
     ({"unknown_task"}, None, 404, "unknown_task"),
     ({"pair_required"}, None, 422, "pair_required"),
     ({"pair_not_accepted"}, None, 422, "pair_not_accepted"),
-    ({"too_short"}, "inputs", 422, "empty_inputs"),
-    ({"string_too_short", "string_pattern_mismatch"}, "inputs", 422, "empty_text"),
-    ({"invalid_text", "string_unicode"}, "inputs", 422, "invalid_text"),
+    ({"too_short"}, TEXT_FIELDS, 422, "empty_inputs"),
+    ({"string_too_short", "string_pattern_mismatch"}, TEXT_FIELDS, 422, "empty_text"),
+    ({"invalid_text", "string_unicode"}, TEXT_FIELDS, 422, "invalid_text"),
 ]
 MISMATCH = {"string_type", "model_type", "list_type", "dict_type", "model_attributes_type", "union_tag_invalid"}
-FIELDS = {"inputs", "text", "text_pair", "tasks"}  # the rest of a loc names union branches
+FIELDS = {"text", "text_pair", "tasks", *TEXT_FIELDS}  # the rest of a loc names union branches
 
 
 def field_name(loc) -> str:
@@ -100,7 +103,7 @@ def field_name(loc) -> str:
 def classify(errs: list[dict]) -> tuple[int, str]:
     for types, where, status, code in KINDS:
         for e in errs:
-            if e.get("type") in types and (where is None or where in e.get("loc", ())):
+            if e.get("type") in types and (where is None or any(w in e.get("loc", ()) for w in where)):
                 return status, code
     return 422, "invalid_request"
 
@@ -131,7 +134,7 @@ MESSAGES = {
     "unknown_task": lambda f, e, known: e["msg"],
     "pair_required": lambda f, e, _: e["msg"],
     "pair_not_accepted": lambda f, e, _: e["msg"],
-    "empty_inputs": lambda f, e, _: "inputs is empty: give at least one input",
+    "empty_inputs": lambda f, e, _: f"{f} is empty: give at least one input",
     "empty_text": lambda f, e, _: f"{f} is empty or only whitespace",
     "invalid_text": lambda f, e, _: f"{f} is not valid Unicode text (e.g. a lone surrogate such as \\ud800); "
                                     f"no tokenizer can encode it",

@@ -12,7 +12,7 @@ serve/guards.py. Each request has one deadline (``request_timeout_s``, retries i
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Optional, TypeVar
 
 from fastapi import FastAPI
 from ray import serve
@@ -41,6 +41,7 @@ class Ingress:
         self.pre = Preprocessor(load_tokenizer(bundle), self.spec, self.limits)
         self.heads, self.encoder = heads, encoder  # encoder is None in the naive layout
         self.version = bundle_version(bundle)
+        self.decodes = {t: TASK_HEADS.get(s["head"]).needs_backbone for t, s in self.spec["tasks"].items()}
         self.keys = read_keys(args.auth)  # fail closed: no key found → the replica does not start
         self.info = TasksResponse(tasks=task_infos(self.spec), max_items=self.limits.max_items,
                                   max_text_chars=self.limits.max_text_chars, bundle_version=self.version)
@@ -67,9 +68,10 @@ class Ingress:
             raise
         return out
 
-    async def predict_task(self, task: str, items: list) -> TaskResponse:
+    async def predict_task(self, task: str, items: list, params: Optional[dict] = None) -> TaskResponse:
+        """``params``: the request's settings for the head (generation: max_new_tokens)."""
         self.pre.group([task], items)  # validation only: raises InputError
-        preds = await self.within_deadline(lambda: with_retry(lambda: self.heads[task].predict.remote(items)))
+        preds = await self.within_deadline(lambda: with_retry(lambda: self.heads[task].predict.remote(items, params)))
         return TaskResponse(task=task, predictions=preds)
 
     async def predict_many(self, tasks: list[str], items: list) -> PredictResponse:
@@ -83,6 +85,12 @@ class Ingress:
         else:
             calls = {}
             for (source, route), names in groups.items():
+                decoding = [t for t in names if self.decodes[t]]  # they run their own whole model
+                for t in decoding:
+                    calls[t] = with_retry(lambda t=t: self.heads[t].predict.remote(items))
+                names = [t for t in names if t not in decoding]
+                if not names:
+                    continue
                 feats = self.pre.features(source, items)
                 need_hidden = any(TASK_HEADS.get(self.spec["tasks"][t]["head"]).level == "token" for t in names)
                 shared = self.encoder.remote(feats, route, need_hidden)  # one backbone call for all of them
@@ -103,10 +111,11 @@ class Ingress:
 
     async def ready(self) -> dict:
         """One real prediction through a head (and the encoder behind it)."""
-        task = next(iter(self.spec["tasks"]))
+        task = next((t for t in self.spec["tasks"] if not self.decodes[t]), next(iter(self.spec["tasks"])))
         probe = ("ready", "ready") if self.pre.task_kind(task) == "pair" else ("ready", None)
         try:
-            await asyncio.wait_for(self.heads[task].predict.remote([probe]), min(10.0, self.args.request_timeout_s))
+            await asyncio.wait_for(self.heads[task].predict.remote([probe], {"max_new_tokens": 1}),
+                                   min(10.0, self.args.request_timeout_s))
         except Exception as err:
             log.warning("readiness probe failed: %s", type(err).__name__)
             raise ServiceError(503, "not_ready", "the model is not answering yet",
@@ -115,7 +124,8 @@ class Ingress:
 
 
 def build_api(ing: Ingress) -> FastAPI:
-    shapes = Shapes({t: ing.pre.task_kind(t) == "pair" for t in ing.spec["tasks"]}, ing.limits)
+    shapes = Shapes({t: ing.pre.task_kind(t) == "pair" for t in ing.spec["tasks"]}, ing.limits,
+                    {t: (TASK_HEADS.get(spec["head"]), spec["options"]) for t, spec in ing.spec["tasks"].items()})
     api = FastAPI(title="ecomtl", version=ing.version,
                   description="Multi-task e-commerce text models: one shared encoder, one autoscaling deployment "
                               f"per task head. Bundle {ing.version}.")
@@ -157,7 +167,8 @@ def build_api(ing: Ingress) -> FastAPI:
 
 def add_task_route(api: FastAPI, ing: Ingress, task: str, model, summary: str) -> None:
     async def predict_task(body: model) -> TaskResponse:
-        return await ing.predict_task(task, body.items())
+        answer = await ing.predict_task(task, body.items(), body.params())
+        return TaskResponse(task=task, predictions=body.respond(answer.predictions))
 
     api.post(f"/v1/tasks/{task}", response_model=TaskResponse, responses=ERRORS, summary=summary,
              operation_id=f"predict_{task}")(predict_task)

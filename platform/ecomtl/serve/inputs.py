@@ -89,7 +89,9 @@ class Shapes:
     """The request models of one bundle: per task (``task``), and the body of
     /v1/predict (``predict``), whose schema is one branch per input shape."""
 
-    def __init__(self, pair_of: dict[str, bool], limits: Limits):
+    def __init__(self, pair_of: dict[str, bool], limits: Limits, heads: Optional[dict[str, tuple]] = None):
+        """``heads``: task → (head class, its options); a head with its own
+        ``request_model`` (ranking: a query and its candidates) gives its task's body."""
         self.pair_of, self.limits = pair_of, limits
         self.Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars,
                                                      pattern=NON_BLANK), AfterValidator(unicode_text)]
@@ -103,7 +105,8 @@ class Shapes:
             text_pair: Text = Field(description="the second text (the second offer)")
 
         self.items = {False: Union[Text, TextItem], True: PairItem}
-        self.task = {t: self.model(f"{t}_request", [t]) for t in pair_of}
+        own = {t: h.request_model(t, self, options) for t, (h, options) in (heads or {}).items()}
+        self.task = {t: own.get(t) or self.model(f"{t}_request", [t]) for t in pair_of}
         self.predict = self.predict_model()
 
     def inputs(self, names: list[str]):
@@ -165,3 +168,11 @@ class Request(Closed):
     def items(self) -> list[tuple[str, Optional[str]]]:
         raw = self.inputs if isinstance(self.inputs, list) else [self.inputs]
         return [(x, None) if isinstance(x, str) else (x.text, getattr(x, "text_pair", None)) for x in raw]
+
+    def params(self) -> dict:
+        """What the task's deployment needs besides the items (generation: max_new_tokens)."""
+        return {}
+
+    def respond(self, preds: list[dict]) -> list[dict]:
+        """The predictions of ``items()``, as the task's answer lists them."""
+        return preds

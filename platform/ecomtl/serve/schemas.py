@@ -63,7 +63,10 @@ def task_infos(spec: dict) -> list[TaskInfo]:
     out = []
     for name, t in spec["tasks"].items():
         src = spec["sources"][t["source"]]
-        fields = ["text", "text_pair"] if src["kind"] == "pair" else ["text"]
+        from ecomtl.tasks import TASK_HEADS
+
+        own = TASK_HEADS.get(t["head"]).request_fields  # a head with its own body (ranking)
+        fields = list(own) if own else ["text", "text_pair"] if src["kind"] == "pair" else ["text"]
         # the label list the head declared (span types where it has them, else class names), not its name
         labels = t["labels"].get("types") or t["labels"].get("names")
         out.append(TaskInfo(name=name, head=t["head"], input=src["kind"], input_fields=fields, labels=labels,

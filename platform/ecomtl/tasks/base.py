@@ -40,6 +40,23 @@ class TaskHead(Plugin, nn.Module):
     selectable_metrics: ClassVar[dict[str, str]]
     #: the one scored when the config names none
     default_metric: ClassVar[str]
+    #: heads that compare the rows of a group (ranking) need ``sources.<s>.group``;
+    #: their batches then carry ``batch["group"]`` (each row's group id)
+    needs_groups: ClassVar[bool] = False
+    #: the fields of this head's own request body (see ``request_model``); None: inputs
+    request_fields: ClassVar[Optional[tuple[str, ...]]] = None
+    #: heads that project with the backbone's LM head (generation) need a backbone with one
+    needs_lm_head: ClassVar[bool] = False
+    #: heads whose rows carry their own target in the inputs (generation) have their source
+    #: to themselves
+    owns_source: ClassVar[bool] = False
+    #: False: the head's rows are finished in memory (``finish_rows``), not streamed
+    streams: ClassVar[bool] = True
+    #: heads that answer by running the whole model (decoding) rather than from an encoding
+    needs_backbone: ClassVar[bool] = False
+    #: the task's name in the model, set when the model is built (a head that reads its
+    #: own labels from the batch in ``forward`` needs it)
+    task_name: str = ""
 
     def __init__(self, hidden_size: int, label_info: dict, dropout: float = 0.1, options: Optional[dict] = None):
         """``options``: the task config's ``options``, validated by this head's ``Options``."""
@@ -57,6 +74,16 @@ class TaskHead(Plugin, nn.Module):
     def encode_label(cls, value: Any, info: dict) -> tuple[Optional[Any], Optional[str]]:
         """(encoded, None), or (None, reason) with reason 'missing_label' / 'unknown_label'."""
         raise NotImplementedError
+
+    @classmethod
+    def finish_rows(cls, tokenizer, input_ids: list, labels: list, options: dict) -> Optional[tuple[list, list]]:
+        """After tokenising a source's rows: new (input_ids, labels) when the head
+        changes them (generation appends the target), else None."""
+        return None
+
+    def attach(self, backbone, tokenizer, route: str) -> None:
+        """Called once the model is built: the backbone (not as a submodule), the
+        tokenizer and the task's adapter route, for heads that decode."""
 
     # -- model ------------------------------------------------------------------------
     def forward(self, encoded: "Encoded", batch: Mapping[str, Any]) -> torch.Tensor:
@@ -97,6 +124,21 @@ class TaskHead(Plugin, nn.Module):
     def predict(self, logits: torch.Tensor, **context) -> list[dict]:
         """JSON-ready predictions for one batch."""
         raise NotImplementedError
+
+    @classmethod
+    def request_model(cls, task: str, shapes, options: dict):
+        """The body of ``POST /v1/tasks/{task}`` when the head has its own: a subclass of
+        ``serve.inputs.Request`` (``items()``: the rows to encode, ``params()``: what the
+        head's deployment is told besides, ``respond(preds)``: the answer), built with
+        ``shapes`` (``serve.inputs.Shapes``: text type, limits, the standard body); None:
+        the standard ``inputs`` body."""
+        return None
+
+    @classmethod
+    def keep_in_group(cls, labels) -> Optional[Any]:
+        """Grouped sources: a bool per row that a capped training group must keep (the
+        relevant candidates), or None."""
+        return None
 
 
 def guarded_mean(per_item: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

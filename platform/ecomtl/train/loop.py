@@ -27,15 +27,17 @@ import torch
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
-from ecomtl.data.sampling import ShardedBatches, sampler_from_config
+from ecomtl.data.sampling import GroupedBatches, ShardedBatches, sampler_from_config
 from ecomtl.evaluation import (AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics,
                                task_specs)
+from ecomtl.lifecycle.init_from import start_from, tokenizer_location
 from ecomtl.model.bundle import write_bundle_files
 from ecomtl.model.build import build_model, load_tokenizer
 from ecomtl.model.multitask import to_device
 from ecomtl.train.deepspeed_config import deepspeed_config, use_bf16
 from ecomtl.train.optim import build_optimizer, build_scheduler
 from ecomtl.train.progress import Progress
+from ecomtl.tasks import TASK_HEADS
 from ecomtl.weighting import WEIGHTINGS
 
 STATE_FILE = "trainer_state.json"
@@ -95,8 +97,10 @@ class TrainingRun:
         import deepspeed
 
         cfg = self.cfg
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_tokenizer(cfg.model, tokenizer_location(cfg))
         self.model = build_model(cfg, self.data.label_infos, self.tokenizer)
+        # training.init_from: the bundle's tensors, on every rank before DeepSpeed partitions them
+        self.l2sp = start_from(self.model, cfg, (lambda m: log.info(m)) if self.rank == 0 else None)
         optimizer = build_optimizer(self.model, cfg, self.on_gpu)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg),
@@ -160,6 +164,8 @@ class TrainingRun:
                     outputs.update(out)
                     self.last_batches.append((batch, tasks))
                 loss = self._weighted(losses, outputs)
+                if self.l2sp is not None:  # training.l2sp: toward the init_from weights
+                    loss = loss + self.l2sp.penalty()
             self.engine.backward(loss)
             self.engine.step()
         self._after_step()
@@ -306,6 +312,21 @@ def batch_size(cfg: ExperimentConfig, source: str) -> int:
     return cfg.sources[source].batch_size or cfg.training.batch_size
 
 
+def row_batches(cfg: ExperimentConfig, source: str, split, rank: int, world: int, seed: int):
+    """Which rows batch k of ``source`` gives this rank: length-bucketed shards, or for a
+    grouped source whole groups (``groups_per_batch`` per rank, capped at
+    ``max_group_size`` rows keeping what its heads mark to keep)."""
+    src = cfg.sources[source]
+    if split.groups is None:
+        return ShardedBatches(len(split), batch_size(cfg, source), rank, world, seed, lengths=split.lengths())
+    keep = None
+    for t in cfg.task_names_by_source()[source]:
+        marked = TASK_HEADS.get(cfg.tasks[t].head).keep_in_group(split.labels[t])
+        if marked is not None:
+            keep = marked if keep is None else keep | marked
+    return GroupedBatches(split.groups, src.groups_per_batch, rank, world, seed, src.max_group_size, keep)
+
+
 def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int, world: int, device, pad_id,
                   label_dtypes):
     """``next_batch(source) -> (collated batch, real)`` for either data engine. The
@@ -328,10 +349,7 @@ def _batch_source(cfg, data: PreparedData, config: dict, state: dict, rank: int,
         return next_batch
 
     train = data.splits["train"]
-    batches = {
-        s: ShardedBatches(len(d), batch_size(cfg, s), rank, world, cfg.training.seed + i, lengths=d.lengths())
-        for i, (s, d) in enumerate(train.items())
-    }
+    batches = {s: row_batches(cfg, s, d, rank, world, cfg.training.seed + i) for i, (s, d) in enumerate(train.items())}
 
     def next_batch(source):
         rows = batches[source].batch(state["source_batches"][source])
