@@ -7,6 +7,7 @@ functions as the ``jobs/`` scripts.
     ecomtl baseline jobs/configs/demo.yaml [--out JSON]   # TF-IDF + logistic regression per head
     ecomtl serve BUNDLE [--port 8000] [--layout shared|naive]   # HTTP API on Ray Serve
     ecomtl tune jobs/configs/demo_sweep.yaml [key=value ...] [--name NAME] [--single-task]
+    ecomtl distill TEACHER_BUNDLE STUDENT_CONFIG [key=value ...] [--resume RUN]   # a student from a teacher
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ def _read_baseline(path: Optional[str]) -> Optional[dict]:
             return json.load(f)
     except (OSError, ValueError) as err:
         raise ConfigError(f"--baseline {path}: {err}") from err
+
+
+def cmd_distill(args) -> int:
+    from ecomtl.distill.run import distill_experiment
+    from ecomtl.evaluation import aggregate, score_weights
+    from ecomtl.report import metrics_table
+
+    cfg = load_config(args.student_config, args.overrides)
+    out = distill_experiment(args.teacher, cfg, run_name=args.resume)
+    print(f"\nvalidation metrics of the distilled student (checkpoint at step {out.train.selection.get('step')}); "
+          f"baseline = the teacher {out.teacher}:")
+    print(metrics_table(out.train.metrics, out.teacher_metrics))
+    weights = score_weights(cfg)
+    print(f"\naggregate {aggregate(out.train.metrics, weights):.4f} (teacher "
+          f"{aggregate({t: m for t, m in out.teacher_metrics.items() if t in cfg.tasks}, weights):.4f}) | "
+          f"wall {out.train.wall_s / 60:.1f} min | run {out.train.run_dir}")
+    print(f"bundle: {out.train.bundle}")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -130,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--baseline", metavar="JSON", help="metrics from `ecomtl baseline --out`: adds baseline and "
                                                       "delta columns to the final table")
     t.set_defaults(fn=cmd_train)
+
+    d = sub.add_parser("distill", help="train a student on a teacher bundle's outputs mixed with the labels "
+                                       "(Ray Train + DeepSpeed, like train); exports the student's bundle")
+    d.add_argument("teacher", help="the teacher bundle (its tasks and label spaces must match the student's)")
+    d.add_argument("student_config", help="experiment YAML of the student (its distill: section: T, alpha, ...)")
+    d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.alpha=0.7 model.num_layers=3")
+    d.add_argument("--resume", metavar="RUN", help="resume the run of this name from its latest checkpoint")
+    d.set_defaults(fn=cmd_distill)
 
     e = sub.add_parser("evaluate", help="score a bundle on a data root/split; prints JSON")
     e.add_argument("bundle")

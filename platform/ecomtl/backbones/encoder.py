@@ -52,6 +52,18 @@ class EncoderBackbone(Backbone):
                             attention_probs_dropout_prob=dropout, **tiny)
         return BertModel(config)  # with a pooler, like the pretrained checkpoints it stands in for
 
+    @classmethod
+    def keep_layers(cls, model, n):
+        """The first ``n`` layers of the encoder stack: embeddings and those layers keep
+        their pretrained weights (the layers above are dropped, not re-initialised). The
+        config says ``num_hidden_layers: n``, so the saved backbone reloads as it is."""
+        layers = model.encoder.layer
+        if n > len(layers):
+            raise ValueError(f"model.num_layers: {n}, but the backbone has only {len(layers)} layers")
+        model.encoder.layer = layers[:n]
+        model.config.num_hidden_layers = n
+        return model
+
     def token_states(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:

@@ -371,6 +371,39 @@ class OutputConfig(Strict):
     bundle_dir: Optional[str] = Field(None, description="default: <storage_path>/<name>/bundle")
 
 
+class DistillTaskConfig(Strict):
+    """One task's own distillation settings (each default: the ``distill`` section's)."""
+
+    alpha: Optional[float] = Field(None, ge=0, le=1, description="weight of the soft loss for this task "
+                                   "(0: labels only, the teacher's outputs for it are not computed)")
+    temperature: Optional[float] = Field(None, gt=0, description="softmax temperature T for this task")
+
+
+class DistillConfig(Strict):
+    """Knowledge distillation (``ecomtl distill TEACHER CONFIG``): a trained bundle's
+    outputs on the train rows (class probabilities, tag distributions, scores) train this
+    model on the same tasks. Per task the loss is ``alpha * soft + (1 - alpha) * hard``;
+    the soft loss is the head's ``distill_loss`` (classification, tagging:
+    ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``; regression: squared error to the
+    teacher's prediction). The teacher runs once on the driver, before training."""
+
+    teacher: Optional[str] = Field(None, description="the teacher bundle's directory (`ecomtl distill TEACHER` "
+                                   "sets it)")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature T of the soft targets; the soft loss "
+                               "is scaled by T² so its gradients keep their size as T grows (Hinton et al., 2015)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft loss against the hard labels: "
+                         "alpha·soft + (1-alpha)·hard (1: the teacher alone, 0: the labels alone)")
+    tasks: dict[str, DistillTaskConfig] = Field(default_factory=dict, description="per-task overrides of alpha "
+                                                "and temperature, by task name")
+    batch_size: int = Field(64, ge=1, description="rows per teacher forward pass (on the driver)")
+
+    def settings(self, task: str) -> tuple[float, float]:
+        """(alpha, temperature) of one task."""
+        own = self.tasks.get(task) or DistillTaskConfig()
+        return (self.alpha if own.alpha is None else own.alpha,
+                self.temperature if own.temperature is None else own.temperature)
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data_root: Optional[str] = Field(None, description=f"default: ${DATA_ROOT_ENV} or ../shared/datasets")
@@ -384,6 +417,8 @@ class ExperimentConfig(Strict):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     data: DataEngineConfig = Field(default_factory=DataEngineConfig)
+    distill: Optional[DistillConfig] = Field(None, description="train from a teacher bundle's outputs too "
+                                             "(`ecomtl distill`); None: labels only")
     # The Tune section is validated by ecomtl.tune.space; kept opaque here so that the
     # training schema does not depend on Tune.
     tune: Optional[dict] = None
@@ -455,6 +490,18 @@ class ExperimentConfig(Strict):
         from ecomtl.adapters import ADAPTERS
 
         ADAPTERS.get(self.model.adapter.kind).check(self)
+        return self
+
+    @model_validator(mode="after")
+    def _distill(self):
+        if self.distill is None:
+            return self
+        unknown = sorted(set(self.distill.tasks) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"distill.tasks: unknown task(s) {unknown}; known: {', '.join(self.tasks)}")
+        if self.data.engine != "memory":
+            raise ValueError(f"distill: the teacher's outputs are stored with the train rows in memory; "
+                             f"data.engine {self.data.engine!r} streams them (use data.engine memory)")
         return self
 
     # -- derived values ---------------------------------------------------------------

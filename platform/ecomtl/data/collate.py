@@ -49,4 +49,21 @@ def collate(split: PreparedSplit, rows, pad_id: int, label_dtypes: dict[str, tor
     batch["labels"] = labels
     if split.groups is not None:  # ranking heads compare the rows of each group
         batch["group"] = torch.from_numpy(split.groups[np.asarray(rows)])
+    if split.teacher:  # distillation: the teacher's targets for these rows
+        batch["teacher"] = {t: stack_rows([values[r] for r in rows]) for t, values in split.teacher.items()}
     return batch
+
+
+def stack_rows(rows: list) -> torch.Tensor:
+    """Per-row arrays as one tensor; rows of unequal length (per-token targets) are
+    right-padded along their first axis (0.0, or -100 for integer rows)."""
+    arrays = [np.asarray(r) for r in rows]
+    longest = max((len(a) for a in arrays if a.ndim), default=0)
+    if all(a.shape == arrays[0].shape for a in arrays):
+        return torch.from_numpy(np.stack(arrays))
+    integer = np.issubdtype(arrays[0].dtype, np.integer)
+    out = np.full((len(arrays), longest, *arrays[0].shape[1:]), -100 if integer else 0.0,
+                  dtype=np.int64 if integer else np.float32)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return torch.from_numpy(out)

@@ -41,6 +41,9 @@ class PreparedSplit:
     #: grouped sources (``sources.<s>.group``): each row's group, numbered 0.. in order of
     #: first appearance in the split; None for ungrouped sources
     groups: Optional[np.ndarray] = None
+    #: distillation (``distill/teacher.py``): task → the teacher's per-row targets
+    #: (logits, a value, per-token logits), aligned with the rows; None without a teacher
+    teacher: Optional[dict[str, list]] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)

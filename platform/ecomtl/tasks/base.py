@@ -94,6 +94,30 @@ class TaskHead(Plugin, nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[Mapping] = None) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- distillation (ecomtl distill) -----------------------------------------------------
+    # The teacher's head turns its outputs on a batch into per-row targets
+    # (``teacher_targets``, once, on the driver); they travel with the train rows and reach
+    # the student's head as ``batch["teacher"][task]`` (rows of unequal length padded, as
+    # labels are); the student's ``distill_loss`` scores its outputs against them and the
+    # loop mixes it with the hard loss: ``alpha * soft + (1 - alpha) * hard``.
+    # Hooks for heads whose outputs are not logits over classes: ranking overrides
+    # ``distill_loss`` (MSE to the teacher's per-row score, or a softmax KL within each
+    # ``batch["group"]``); generation overrides ``teacher_targets`` to return the teacher's
+    # decoded text as token ids (sequence-level KD, Kim & Rush 2016) and ``distill_loss``
+    # to score them like labels.
+    def teacher_targets(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> list:
+        """Per row of ``batch``, what a student learns from this (teacher) head: by
+        default the row's logits, as a float32 array (token heads trim the padding)."""
+        return list(outputs.float().cpu().numpy())
+
+    def distill_loss(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                     temperature: float, batch: Optional[Mapping] = None) -> torch.Tensor:
+        """The soft loss against the teacher's targets on the same rows. Default (logits
+        over classes): ``T² · KL(softmax(teacher/T) ‖ softmax(logits/T))``, mean over rows:
+        every row, labelled or not (the teacher labels what the data leaves blank)."""
+        per_row = soft_kl(logits, teacher, temperature)
+        return guarded_mean(per_row, torch.ones_like(per_row), logits)
+
     # -- evaluation ---------------------------------------------------------------------
     def gold_and_pred(self, logits: torch.Tensor, labels: torch.Tensor,
                       batch: Optional[Mapping] = None) -> list[tuple[Any, Any]]:
@@ -148,3 +172,13 @@ def guarded_mean(per_item: torch.Tensor, mask: torch.Tensor, logits: torch.Tenso
     if n == 0:
         return logits.sum() * 0.0
     return (per_item * mask).sum() / n
+
+
+def soft_kl(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(teacher/T) ‖ softmax(logits/T))`` over the last dimension, one value
+    per item. T² keeps the gradients' size as T grows (Hinton et al., 2015)."""
+    from torch.nn import functional as F
+
+    t = F.log_softmax(teacher.float() / temperature, -1)
+    s = F.log_softmax(logits.float() / temperature, -1)
+    return temperature ** 2 * (t.exp() * (t - s)).sum(-1)

@@ -53,6 +53,17 @@ class RegressionHead(TaskHead):
         per_item = (logits.float() - torch.nan_to_num(labels)) ** 2
         return guarded_mean(per_item, mask, logits)
 
+    def teacher_targets(self, outputs, batch):
+        """Predictions in label units: teacher and student may standardise differently."""
+        return list(self._denorm(outputs.float().cpu().numpy()))
+
+    def distill_loss(self, logits, teacher, labels, temperature, batch=None):
+        """Squared error to the teacher's prediction (standardised like the labels), every
+        row; no temperature."""
+        target = (teacher.float() - self.label_info["mean"]) / self.label_info["std"]
+        per_row = (logits.float() - target) ** 2
+        return guarded_mean(per_row, torch.ones_like(per_row), logits)
+
     def _denorm(self, x):
         return x * self.label_info["std"] + self.label_info["mean"]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecomtl.tasks.base import IGNORE, TASK_HEADS, TaskHead, guarded_mean, is_missing
+from ecomtl.tasks.base import IGNORE, TASK_HEADS, TaskHead, guarded_mean, is_missing, soft_kl
 from ecomtl.tasks.spans import bio_spans, entity_prf
 
 
@@ -70,6 +70,17 @@ class TaggingHead(TaskHead):
             logits.reshape(-1, logits.shape[-1]).float(), flat_labels.clamp(min=0), reduction="none"
         )
         return guarded_mean(per_item, mask, logits)
+
+    def teacher_targets(self, outputs, batch):
+        """Each row's [tokens, tags] logits, without the batch's padding."""
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [row[:n] for row, n in zip(outputs.float().cpu().numpy(), lengths)]
+
+    def distill_loss(self, logits, teacher, labels, temperature, batch=None):
+        """Per token, over the labelled first sub-tokens only (the ones ``loss`` and the
+        metrics read)."""
+        per_token = soft_kl(logits, teacher, temperature)
+        return guarded_mean(per_token, (labels != IGNORE).float(), logits)
 
     def gold_and_pred(self, logits, labels, batch=None):
         names = self.label_info["names"]

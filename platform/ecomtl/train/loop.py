@@ -28,6 +28,7 @@ from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
 from ecomtl.data.sampling import GroupedBatches, ShardedBatches, sampler_from_config
+from ecomtl.distill.loss import mix_losses
 from ecomtl.evaluation import (AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics,
                                task_specs)
 from ecomtl.lifecycle.init_from import start_from, tokenizer_location
@@ -157,6 +158,8 @@ class TrainingRun:
                     batch = to_device(batch, self.device)
                     out = self.engine(batch, tasks)
                     part = self.model.losses(out, batch)
+                    if "teacher" in batch:  # distillation: each head's soft loss mixed with its hard one
+                        part = mix_losses(self.model, out, batch, part, self.cfg.distill)
                     if not real:  # this rank's stream is spent for the epoch; others' are not
                         part = {t: v * 0.0 for t, v in part.items()}
                     self.progress.add({t: v.detach() for t, v in part.items()}, rows, width, tokens)

@@ -78,6 +78,10 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     log(f"[ecomtl] run {run_name}: data from {root}")
     prepared = prepare_training_data(cfg, load_tokenizer(cfg.model), root)
     data = prepared.data
+    if cfg.distill is not None:  # the teacher runs once, here: workers get its outputs with the rows
+        from ecomtl.distill.teacher import attach_teacher_outputs
+
+        log(f"[ecomtl] {attach_teacher_outputs(cfg, data, load_tokenizer(cfg.model), root)}")
     log(f"[ecomtl] {prepared.summary()}")
     log(data_report_table(data.report()))
     trainer = build_trainer(cfg, ray.put(data), run_name, callbacks=callbacks, datasets=prepared.datasets,
