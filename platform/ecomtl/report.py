@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-MAIN_METRICS = ("accuracy", "macro_f1", "pos_f1", "f1", "precision", "recall", "rmse", "r2")
+MAIN_METRICS = ("accuracy", "macro_f1", "pos_f1", "f1", "precision", "recall", "rmse", "r2", "ndcg@10", "mrr",
+                "exact_match", "rouge_l")
 
 
 def table(rows: list[list], header: list[str]) -> str:

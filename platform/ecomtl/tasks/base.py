@@ -165,6 +165,18 @@ class TaskHead(Plugin, nn.Module):
         return None
 
 
+def number_label(value: Any) -> tuple[Optional[float], Optional[str]]:
+    """A numeric label (regression targets, ranking relevance): (value, None), or
+    (None, "missing_label" / "unknown_label") for what is not a finite number."""
+    if is_missing(value):
+        return None, "missing_label"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None, "unknown_label"
+    return (v, None) if math.isfinite(v) else (None, "unknown_label")
+
+
 def guarded_mean(per_item: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Mean over labelled items; a batch with none gives a zero that still touches the
     graph, so every rank runs the same backward under ZeRO."""

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing
+from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing, number_label
 
 IGNORE_RELEVANCE = -100.0
 CUTOFFS = (1, 5, 10)
@@ -168,15 +168,10 @@ class RankingHead(TaskHead):
 
     @classmethod
     def encode_label(cls, value, info):
-        if is_missing(value):
-            return None, "missing_label"
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return None, "unknown_label"
-        if not math.isfinite(v) or v < 0:
-            return None, "unknown_label"
-        return v, None
+        v, why = number_label(value)
+        if why:
+            return None, why
+        return (v, None) if v >= 0 else (None, "unknown_label")
 
     @classmethod
     def keep_in_group(cls, labels: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing
+from ecomtl.tasks.base import TASK_HEADS, TaskHead, guarded_mean, is_missing, number_label
 
 @TASK_HEADS.register("regression")
 class RegressionHead(TaskHead):
@@ -35,15 +35,8 @@ class RegressionHead(TaskHead):
 
     @classmethod
     def encode_label(cls, value, info):
-        if is_missing(value):
-            return None, "missing_label"
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return None, "unknown_label"
-        if not math.isfinite(v):
-            return None, "unknown_label"
-        return (v - info["mean"]) / info["std"], None
+        v, why = number_label(value)
+        return (None, why) if why else ((v - info["mean"]) / info["std"], None)
 
     def forward(self, encoded, batch):
         return self.out(self.dropout(encoded.pooled)).squeeze(-1)
