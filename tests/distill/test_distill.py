@@ -13,7 +13,7 @@ from ecomtl.config.load import ConfigError, config_from_dict
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import prepare_data
 from ecomtl.distill.run import distill_experiment, with_teacher
-from ecomtl.distill.teacher import attach_teacher_outputs, check_teacher, same_tokenizer
+from ecomtl.distill.teacher import attach_teacher_outputs, check_attached, check_teacher, same_tokenizer
 from ecomtl.evaluation import evaluate_bundle
 from ecomtl.model.build import build_model, load_tokenizer
 from ecomtl.model.bundle import load_bundle, save_bundle
@@ -78,9 +78,13 @@ def test_what_cannot_be_distilled_is_refused_naming_the_field(teacher_bundle, da
     other_bundle = save_bundle(tmp_path / "other", build_model(other, infos, other_tok), other_tok, other, infos,
                                teacher.max_lengths, {})
     cfg = student_cfg(data_root, other_bundle)
+    data = prepare_data(cfg, load_tokenizer(cfg.model), splits=("train",))
     with pytest.raises(ConfigError, match=r"distill.teacher: task 'attributes' is distilled token by token"):
-        attach_teacher_outputs(cfg, prepare_data(cfg, load_tokenizer(cfg.model), splits=("train",)),
-                               load_tokenizer(cfg.model))
+        attach_teacher_outputs(cfg, data, load_tokenizer(cfg.model))
+    # a worker handed rows without the teacher's outputs (a driver that never ran it) refuses to train
+    with pytest.raises(ConfigError, match="the train rows came without the teacher's outputs"):
+        check_attached(cfg, data)
+    check_attached(config_from_dict(fixed_set_data(data_root), ["distill.alpha=0.0"]), data)  # labels only: fine
 
 
 @pytest.mark.integration

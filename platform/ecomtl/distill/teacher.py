@@ -70,6 +70,17 @@ def attach_teacher_outputs(cfg: ExperimentConfig, data: PreparedData, tokenizer,
             + ("" if same else "; sequence tasks re-tokenised with the teacher's tokenizer"))
 
 
+def check_attached(cfg: ExperimentConfig, data: PreparedData) -> None:
+    """On a worker: a run that distils got the teacher's outputs with its train rows (a
+    driver that prepares data without ``attach_teacher_outputs``, e.g. a sweep, would
+    otherwise train on the labels alone without a word)."""
+    if cfg.distill is None or not any(cfg.distill.settings(t)[0] > 0 for t in cfg.tasks):
+        return
+    if not any(split.teacher for split in data.splits.get("train", {}).values()):
+        raise ConfigError("distill: the train rows came without the teacher's outputs; distil with `ecomtl distill` "
+                          "or `ecomtl train` (sweeps do not run a teacher)")
+
+
 def check_teacher(cfg: ExperimentConfig, label_infos: dict, spec: dict, tasks: list[str]) -> None:
     """Each distilled task exists in the teacher with the same head type and label space."""
     theirs = spec["tasks"]

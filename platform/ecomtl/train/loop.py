@@ -29,6 +29,7 @@ from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
 from ecomtl.data.sampling import GroupedBatches, ShardedBatches, sampler_from_config
 from ecomtl.distill.loss import mix_losses
+from ecomtl.distill.teacher import check_attached
 from ecomtl.evaluation import (AGGREGATE, aggregate, eval_rows, flatten, predict_pairs, score_weights, task_metrics,
                                task_specs)
 from ecomtl.lifecycle.init_from import start_from, tokenizer_location
@@ -61,6 +62,7 @@ class TrainingRun:
 
         self.cfg = cfg = ExperimentConfig.model_validate(config["experiment"])
         self.data = self._data(config)
+        check_attached(cfg, self.data)  # distillation: the teacher's outputs came with the rows
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.on_gpu = torch.cuda.is_available() and cfg.distributed.use_gpu is not False
