@@ -111,7 +111,7 @@ def test_tiny_teacher_trains_a_smaller_student_on_ray(teacher_bundle, ray_local,
     print({"teacher": teacher, "student at start": start, "distilled student": student})
     assert min(teacher.values()) > 0.9, teacher  # the teacher knows the fixed set
     for task in ("rating", "attributes"):  # accuracies: from the teacher's targets alone
-        assert student[task] > start[task] + 0.3 and student[task] > 0.8, (task, start, student)
+        assert student[task] > start[task] + 0.25 and student[task] > 0.8, (task, start, student)
     assert student["stars"] > 0.5 > start["stars"], (start, student)
 
     bundle = load_bundle(out.train.bundle)  # an ordinary bundle, one encoder layer

@@ -91,3 +91,12 @@ def test_schema_distill_section(data_root):
         load_config(tiny, ["distill.alpha=1.5"])
     with pytest.raises(ConfigError, match="data.engine 'ray_data' streams them"):
         load_config(tiny, ["distill.alpha=1.0", "data.engine=ray_data"])
+
+
+def test_outputs_that_are_not_class_logits_need_the_heads_own_hook():
+    # a score per row (ranking) or vocabulary logits per token (generation): refused, not stored as if classes
+    head = classification_head()
+    with pytest.raises(NotImplementedError, match=r"outputs \(3,\), not \[rows, classes\]"):
+        head.teacher_targets(torch.zeros(3), {})
+    with pytest.raises(NotImplementedError, match=r"outputs \(2, 4, 9\)"):
+        head.teacher_targets(torch.zeros(2, 4, 9), {})

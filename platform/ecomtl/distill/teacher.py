@@ -124,7 +124,12 @@ def run_teacher(model, split: PreparedSplit, tasks: list[str], batch_size: int, 
         with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
             outputs = model(batch, tasks)
         for t in tasks:
-            for r, target in zip(chunk, model.heads[t].teacher_targets(outputs[t].float(), batch)):
+            try:
+                targets = model.heads[t].teacher_targets(outputs[t].float(), batch)
+            except NotImplementedError as err:
+                raise ConfigError(f"distill.tasks.{t}: {err}; set distill.tasks.{t}.alpha=0 to train it on its "
+                                  "labels alone") from None
+            for r, target in zip(chunk, targets):
                 out[t][r] = target
     model.train(was_training)
     return {t: _compact(v) for t, v in out.items()}

@@ -107,7 +107,12 @@ class TaskHead(Plugin, nn.Module):
     # to score them like labels.
     def teacher_targets(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> list:
         """Per row of ``batch``, what a student learns from this (teacher) head: by
-        default the row's logits, as a float32 array (token heads trim the padding)."""
+        default the row's logits over classes, as a float32 array (token heads trim the
+        padding). Other outputs (a score per row, per-token vocabulary logits) need the
+        head's own override: the default refuses them rather than store the wrong thing."""
+        if outputs.dim() != 2:
+            raise NotImplementedError(f"{type(self).__name__} outputs {tuple(outputs.shape)}, not [rows, classes]: "
+                                      "it distils only once it overrides teacher_targets and distill_loss")
         return list(outputs.float().cpu().numpy())
 
     def distill_loss(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
