@@ -126,19 +126,26 @@ def flatten(metrics: dict[str, dict], weights: Optional[Mapping[str, float]] = N
 
 def evaluate_bundle(bundle_path: str, data_root: Optional[str] = None, split: str = "validation",
                     batch_size: int = 64, max_rows: Optional[int] = None, device: str = "cpu",
-                    bf16: Optional[bool] = None) -> dict:
+                    bf16: Optional[bool] = None, precision: str = "fp32") -> dict:
     """Score a bundle on ``{root}/…/{split}`` files laid out like the training data.
     ``bf16`` None: bf16 autocast where the hardware runs it natively (metrics move in
-    the 4th decimal at most; pass False for bit-exact fp32)."""
+    the 4th decimal at most; pass False for bit-exact fp32). ``precision``: the
+    backbone's serving precision (``model/precision.py``; not fp32 turns autocast off:
+    the weights themselves are then what is measured)."""
     from ecomtl.train.deepspeed_config import cpu_supports_bf16
 
     from ecomtl.data.prepare import prepare_data
     from ecomtl.model.bundle import load_bundle
 
+    from ecomtl.model.precision import apply_precision
+
     bundle = load_bundle(bundle_path, device=device)
+    apply_precision(bundle.model, precision, device)
     if bf16 is None:
         bf16 = device.startswith("cuda") or cpu_supports_bf16()
     autocast = torch.bfloat16 if bf16 else None
+    if precision != "fp32":  # the heads read half-precision encodings through autocast; int8 runs as is
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     cfg = bundle.config
     root = data_root or cfg.resolved_data_root()
     data = prepare_data(cfg, bundle.tokenizer, splits=(split,), label_infos=bundle.label_infos,

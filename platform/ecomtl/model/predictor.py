@@ -194,12 +194,17 @@ class EncoderRunner:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
+        self.device = next(model.backbone.parameters()).device  # a GPU replica's, or the CPU
 
     @torch.inference_mode()
     def encode(self, feats: Features, route: str, need_hidden: bool, batch: Optional[dict] = None) -> Encoded:
-        enc = self.model.encode(batch if batch is not None else feats.batch(), route).float()
-        # token states only travel (between Serve replicas) when a token head reads them
-        return enc if need_hidden else Encoded(enc.pooled, None, enc.mask)
+        from ecomtl.model.multitask import to_device
+
+        batch = batch if batch is not None else feats.batch()
+        enc = self.model.encode(to_device(batch, self.device), route).float()
+        # fp32 on the host: heads (other replicas, CPU) read it; token states only travel
+        # when a token head reads them
+        return Encoded(enc.pooled.cpu(), enc.hidden.cpu() if need_hidden else None, enc.mask.cpu())
 
 
 class HeadRunner:
@@ -207,6 +212,10 @@ class HeadRunner:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
+        # heads and the sharing layer are small: they run on the host, on the fp32 host
+        # encodings the encoder returns, whatever device the backbone sits on
+        model.heads.cpu()
+        model.sharing.cpu()
 
     def needs_hidden(self, tasks: Iterable[str]) -> bool:
         return any(self.model.heads[t].level == "token" for t in tasks)

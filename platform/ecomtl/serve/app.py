@@ -46,12 +46,13 @@ def build_app(args: Union[AppArgs, dict]) -> Application:
     encoder = None
     if args.layout == "shared":
         e = args.encoder
-        encoder = Encoder.options(name="encoder", **e.serve_options(), **drain).bind(bundle, e.batching, e.torch_threads)
+        encoder = Encoder.options(name="encoder", **e.serve_options(), **drain).bind(bundle, e.batching, e.torch_threads,
+                                                                                   args.precision)
     heads = {}
     for task in spec["tasks"]:
         h = args.head_args(task)
         heads[task] = Head.options(name=head_deployment_name(task), **h.serve_options(), **drain).bind(
-            bundle, task, encoder, h.batching, h.torch_threads)
+            bundle, task, encoder, h.batching, h.torch_threads, args.precision)
     return Ingress.options(name="ingress", **args.ingress.ingress_serve_options(), **drain).bind(
         bundle, heads, encoder, args)
 

@@ -46,12 +46,15 @@ def load_tokenizer(bundle: str | Path):
     return backbone_tokenizer(cfg.model, str(path / "backbone"))
 
 
-def load_encoder_runner(bundle: str | Path, torch_threads: Optional[int]) -> EncoderRunner:
+def load_encoder_runner(bundle: str | Path, torch_threads: Optional[int], precision: str = "fp32") -> EncoderRunner:
     import torch
+
+    from ecomtl.model.precision import apply_precision
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    return EncoderRunner(load_bundle(bundle).model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EncoderRunner(apply_precision(load_bundle(bundle, device=device).model, precision, device))
 
 
 def replica_died(err: BaseException) -> bool:
@@ -131,8 +134,8 @@ class Encoder:
     """The shared encoder. One call = one tokenised sub-batch; ``@serve.batch`` merges
     concurrent calls (from any head, any source) into a single forward pass."""
 
-    def __init__(self, bundle: str, batching: Batching, torch_threads: Optional[int] = None):
-        self.runner = load_encoder_runner(bundle, torch_threads)
+    def __init__(self, bundle: str, batching: Batching, torch_threads: Optional[int] = None, precision: str = "fp32"):
+        self.runner = load_encoder_runner(bundle, torch_threads, precision)
         configure_batching(self.encode, batching)
 
     async def __call__(self, feats: Features, route: str, need_hidden: bool):
@@ -172,7 +175,8 @@ class Head:
     """One task. ``predict``: raw (validated) items → predictions, batched across requests;
     ``apply``: an encoding computed elsewhere (``/v1/predict``) → predictions."""
 
-    def __init__(self, bundle: str, task: str, encoder, batching: Batching, torch_threads: Optional[int] = None):
+    def __init__(self, bundle: str, task: str, encoder, batching: Batching, torch_threads: Optional[int] = None,
+                 precision: str = "fp32"):
         from ecomtl.tasks import TASK_HEADS
 
         spec = read_spec(bundle)
@@ -182,7 +186,7 @@ class Head:
         # head that decodes (generation runs the whole model for every new token)
         self.decodes = TASK_HEADS.get(spec["tasks"][task]["head"]).needs_backbone
         self.encoder = None if self.decodes else encoder
-        self.local = load_encoder_runner(bundle, torch_threads) if self.encoder is None else None
+        self.local = load_encoder_runner(bundle, torch_threads, precision) if self.encoder is None else None
         # the sharing layer and heads: the whole bundle minus the backbone, or the local copy
         self.heads = HeadRunner(load_bundle(bundle, with_backbone=False).model if self.local is None
                                 else self.local.model)

@@ -181,6 +181,10 @@ class AppArgs(Strict):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="one deadline per request, retries "
                                                                        "included; 504 beyond")
     retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After of an overload 503")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="the backbone's precision in every replica that holds it (model/precision.py): bf16/fp16 "
+                            "on GPU replicas, int8 = CPU dynamic quantisation; measure the quality cost with "
+                            "benchmarks/precision.py before switching")
     auth: AuthArgs = AuthArgs()
     ingress: DeploymentArgs = DeploymentArgs(ray_actor_options={"num_cpus": 0.5})
     encoder: DeploymentArgs = DeploymentArgs()
