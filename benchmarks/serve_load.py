@@ -83,10 +83,44 @@ async def load(url: str, texts: list[str], per_call: int, concurrency: int, dura
                warmup: float = 2.0, during=None) -> dict:
     """``concurrency`` closed-loop clients for warmup + duration seconds; only requests
     started after the warm-up count. ``during(elapsed)`` is polled by a side task."""
-    import aiohttp
-
     bodies = [{"inputs": texts[i:i + per_call] if per_call > 1 else texts[i]}
               for i in range(0, len(texts) - per_call + 1, max(per_call, 1))]
+    return await run_clients([(url, body) for body in bodies], per_call, concurrency, duration, warmup, during)
+
+
+def mixed_requests(base: str, spec: dict, n: int = 256) -> list[tuple[str, dict]]:
+    """Single-input requests spread over every task of the bundle, each with an input of
+    its own source's kind (reviews, titles, queries, offer pairs; a ranking task gets a
+    query and 4 candidates). texts/s counts requests (one input each) in this row."""
+    import pandas as pd
+
+    from ecomtl.config.schema import resolve_data_root
+
+    root = Path(resolve_data_root())
+    reviews = review_texts(n)
+    titles = pd.read_csv(root / "flipkart_titles" / "validation.csv")["title"].dropna().tolist()[:n]
+    queries = [" ".join(r) for r in pd.read_json(root / "queryner" / "validation.jsonl", lines=True)["tokens"][:n]]
+    offers = pd.read_json(root / "abt_buy" / "validation.jsonl", lines=True)[["left", "right"]].values.tolist()[:n]
+    by_source = {"reviews": reviews, "titles": titles, "queries": queries}
+    out = []
+    for i in range(n):
+        for task, t in spec["tasks"].items():
+            src = t["source"]
+            if t["head"] == "ranking":
+                body = {"query": offers[i][0], "candidates": [o[1] for o in offers[i:i + 4]]}
+            elif spec["sources"][src]["kind"] == "pair":
+                body = {"inputs": {"text": offers[i][0], "text_pair": offers[i][1]}}
+            else:
+                body = {"inputs": by_source.get(src, reviews)[i % len(by_source.get(src, reviews))]}
+            out.append((f"{base}/v1/tasks/{task}", body))
+    return out
+
+
+async def run_clients(requests: list[tuple[str, dict]], per_call: int, concurrency: int, duration: float,
+                      warmup: float = 2.0, during=None) -> dict:
+    """Closed-loop clients cycling through ``requests`` (url, body)."""
+    import aiohttp
+
     lat, failed, errors = [], 0, {}
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup, t_start + warmup + duration
@@ -96,8 +130,9 @@ async def load(url: str, texts: list[str], per_call: int, concurrency: int, dura
         i = k
         while time.perf_counter() < t_end:
             s = time.perf_counter()
+            url, body = requests[i % len(requests)]
             try:
-                async with session.post(url, json=bodies[i % len(bodies)]) as r:
+                async with session.post(url, json=body) as r:
                     await r.read()
                     ok = r.status == 200
                     if not ok:
@@ -198,6 +233,7 @@ def main(argv=None) -> int:
     import ray
     from ray import serve
 
+    from ecomtl.model.bundle import read_spec
     from ecomtl.ray_env import runtime_env
     from ecomtl.serve.app import build_app, head_deployment_name
 
@@ -229,6 +265,11 @@ def main(argv=None) -> int:
                 rows.append((layout, f"{per_call} text{'s' if per_call > 1 else ''}/request", conc, r))
                 print(f"  {layout} {per_call}×{conc}: {r['req_s']:.1f} req/s {r['texts_s']:.1f} texts/s p50 {r['p50']:.0f} "
                       f"p99 {r['p99']:.0f} ms, {r['failed']} failed {r['errors'] or ''}", flush=True)
+            # every task at once, one input per request: the traffic a shared encoder is for
+            r = asyncio.run(run_clients(mixed_requests(base, read_spec(bundle)), 1, a.concurrency, a.duration))
+            rows.append((layout, f"mixed: all {len(read_spec(bundle)['tasks'])} tasks, 1 input/request", a.concurrency, r))
+            print(f"  {layout} mixed×{a.concurrency}: {r['req_s']:.1f} req/s p50 {r['p50']:.0f} ms, {r['failed']} failed "
+                  f"{r['errors'] or ''}", flush=True)
             if layout == "shared" and a.kill:
                 for dep in (head_deployment_name(TASK), "encoder"):
                     try:
@@ -270,8 +311,10 @@ def report(rows, kills, a) -> None:
     if len(a.layouts) == 2:
         s1, n1 = find("shared", "1 text", a.concurrency), find("naive", "1 text", a.concurrency)
         s32, n32 = find("shared", "32 texts"), find("naive", "32 texts")
+        sm, nm = find("shared", "mixed"), find("naive", "mixed")
         print(f"shared / naive texts/s: single-text {s1['texts_s'] / n1['texts_s']:.2f}×, "
-              f"32-text {s32['texts_s'] / n32['texts_s']:.2f}×")
+              f"32-text {s32['texts_s'] / n32['texts_s']:.2f}×, mixed-task requests/s "
+              f"{sm['req_s'] / nm['req_s']:.2f}×")
     for dep, r in kills:
         print(f"\nkilled {r['killed'][1]} at {r['killed'][0]} s into a {a.concurrency}-client single-text run: "
               f"{r['n']} ok, {r['failed']} failed {r['errors'] or ''}; p99 {r['p99']:.0f} ms; "
