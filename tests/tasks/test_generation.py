@@ -133,6 +133,8 @@ def test_config_checks_name_the_field(data_root, decoder_tokenizer_dir, tmp_path
                                                               "num_attention_heads: 2, intermediate_size: 32}"])
     with pytest.raises(ConfigError, match=r"tasks.path.source: .* must hold no other task \(it has category\)"):
         gen_cfg(data_root, decoder_tokenizer_dir, tmp_path, ["tasks.category.source=paths"])
+    with pytest.raises(ConfigError, match=r"tasks.path.head: generation heads decode through the backbone alone"):
+        gen_cfg(data_root, decoder_tokenizer_dir, tmp_path, ["model.sharing={kind: mmoe}"])
     with pytest.raises(ConfigError, match=r"sources.paths.prompt: .*'\{text\}' exactly once"):
         gen_cfg(data_root, decoder_tokenizer_dir, tmp_path, ["sources.paths.prompt=no placeholder"])
 

@@ -457,6 +457,12 @@ class ExperimentConfig(Strict):
                     f"tasks.{name}.head: head {task.head!r} takes {'/'.join(head.input_kinds)} inputs, "
                     f"but source {task.source!r} gives {kind!r}"
                 )
+            from ecomtl.sharing import SHARING
+
+            if head.needs_lm_head and not SHARING.get(self.model.sharing.kind).identity:
+                raise ValueError(f"tasks.{name}.head: {task.head} heads decode through the backbone alone, so they "
+                                 f"cannot read model.sharing {self.model.sharing.kind!r}'s mixed encodings in "
+                                 "training (use sharing 'hard')")
             if head.needs_lm_head and not BACKBONES.get(self.model.backbone).has_lm_head:
                 raise ValueError(f"tasks.{name}.head: {task.head} heads write text with a language-model head; "
                                  f"model.backbone {self.model.backbone!r} has none (use a decoder)")

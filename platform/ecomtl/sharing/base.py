@@ -14,6 +14,10 @@ SHARING: Registry[type["Sharing"]] = Registry("sharing layer")
 
 
 class Sharing(Plugin, nn.Module):
+    #: True when heads read the backbone's encoding unchanged (a decoding head, which
+    #: runs the backbone alone at inference, needs that)
+    identity: bool = False
+
     def __init__(self, hidden_size: int, tasks: list[str], options: dict,
                  token_tasks: Optional[Iterable[str]] = None):
         """``token_tasks``: the tasks whose heads read token states (``level == "token"``).
@@ -42,6 +46,8 @@ class Sharing(Plugin, nn.Module):
 @SHARING.register("hard")
 class HardSharing(Sharing):
     """Hard parameter sharing: every head reads the backbone's encoding as it is."""
+
+    identity = True
 
     def forward(self, encoded, task):
         return encoded
