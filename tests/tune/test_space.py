@@ -25,10 +25,10 @@ def test_shipped_sweep_configs_validate(path):
     assert trial.tune is None and set(trial.tasks) == set(cfg.tasks)
 
 
-def test_demo_sweep_searches_six_weights_and_lr():
+def test_demo_sweep_searches_every_task_weight_and_lr():
     cfg, section = load_sweep_config(CONFIGS / "demo_sweep.yaml")
     space = param_space(cfg, section)
-    assert len(cfg.tasks) == 6
+    assert len(cfg.tasks) == 7
     assert set(space) == {f"tasks.{t}.weight" for t in cfg.tasks} | {"optim.lr"}
 
 
@@ -63,6 +63,11 @@ def test_invalid_spaces_fail_naming_the_field(tmp_path):
     assert "tune.asha.grace_steps" in msg
     msg = space_error(tmp_path, {"optim.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-3}}, mode="both")
     assert "tune.mode" in msg
+    # what a trial is scored on is fixed for the sweep
+    msg = space_error(tmp_path, {"tasks.match.metric": {"dist": "choice", "values": ["accuracy", "macro_f1"]}})
+    assert "tune.space.tasks.match.metric" in msg and "incomparable" in msg
+    msg = space_error(tmp_path, {"tasks.rating.score_weight": {"dist": "uniform", "low": 0.5, "high": 2}})
+    assert "tune.space.tasks.rating.score_weight" in msg
 
 
 def test_weights_loguniform_and_simplex(tmp_path):

@@ -124,6 +124,10 @@ class TuneSection(_Strict):
         return self
 
 
+#: task fields that define the selection objective: fixed for a sweep, never searched
+SELECTION_FIELDS = ("metric", "score_weight")
+
+
 def parse_tune_section(cfg: ExperimentConfig) -> TuneSection:
     """Validate ``cfg.tune`` against the schema above and the space against ``cfg``."""
     if not cfg.tune:
@@ -136,6 +140,12 @@ def parse_tune_section(cfg: ExperimentConfig) -> TuneSection:
     for key, d in section.space.items():
         if key == WEIGHTS:
             continue
+        parts = key.split(".")
+        if parts[0] == "tasks" and parts[-1] in SELECTION_FIELDS:
+            # trials scored on different metrics or weights are not comparable: the sweep
+            # would pick whichever objective is easiest, not the best model
+            raise ConfigError(f"tune.space.{key}: {parts[-1]} defines what a trial is scored on; searching it "
+                              "makes trials incomparable (set it in the base config instead)")
         _check_field(base, key)
         for value in d.samples():
             try:
