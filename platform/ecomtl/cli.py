@@ -6,7 +6,10 @@ functions as the ``jobs/`` scripts.
     ecomtl export CHECKPOINT_DIR OUT
     ecomtl baseline jobs/configs/demo.yaml [--out JSON]   # TF-IDF + logistic regression per head
     ecomtl serve BUNDLE [--port 8000] [--layout shared|naive]   # HTTP API on Ray Serve
-    ecomtl tune jobs/configs/demo_sweep.yaml [key=value ...] [--name NAME] [--single-task]
+    ecomtl tune jobs/configs/demo_sweep.yaml [key=value ...] [--name NAME] [--single-task] [--gate REF]
+    ecomtl train CONFIG --init-from BUNDLE [--gate REF [--tolerance 0.01]]   # retrain from a bundle
+    ecomtl gate CANDIDATE --against REFERENCE [--tolerance 0.01] [--tolerance match=0.03]   # exit 1: refused
+    ecomtl adapt BUNDLE NEW_TASK_CONFIG --shots 8,32,128,512 [--seeds 3] [--out DIR]   # a new task from K rows
     ecomtl distill TEACHER_BUNDLE STUDENT_CONFIG [key=value ...] [--resume RUN]   # a student from a teacher
 """
 
@@ -25,8 +28,9 @@ def cmd_train(args) -> int:
     from ecomtl.report import gates_table, metrics_table
     from ecomtl.train.run import train_experiment
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, list(args.overrides) + _init_from(args))
     baseline = _read_baseline(args.baseline)
+    cfg, gating = _gating(cfg, args)
     out = train_experiment(cfg, run_name=args.resume)
     print(f"\nvalidation metrics of the exported bundle (checkpoint at step {out.selection.get('step')}):")
     print(metrics_table(out.metrics, baseline))
@@ -38,7 +42,81 @@ def cmd_train(args) -> int:
     if out.plot:
         print(f"training curves: {out.plot}")
     print(f"bundle: {out.bundle}")
+    return _gate_run(gating, out.bundle, out.metrics, cfg.resolved_data_root())
+
+
+def _init_from(args) -> list[str]:
+    return [f"training.init_from={args.init_from}"] if getattr(args, "init_from", None) else []
+
+
+def _gating(cfg, args, export_in_run: bool = True):
+    """``--gate REF``: both sides checked before any work; the run's bundle is exported
+    inside the run folder, and promotion copies it to ``output.bundle_dir`` if it passes."""
+    from ecomtl.lifecycle.gate import check_side, parse_tolerances
+    from ecomtl.lifecycle.init_from import check_init_from
+
+    check_init_from(cfg)
+    if not args.gate:
+        if args.tolerance:
+            raise ConfigError("--tolerance: only with --gate")
+        return cfg, None
+    gating = {"reference": str(check_side(args.gate, "--gate")), "tolerances": parse_tolerances(args.tolerance),
+              "promote_to": cfg.output.bundle_dir}
+    if not export_in_run:  # a sweep writes <sweep>/best_bundle and never output.bundle_dir
+        return cfg, gating
+    return cfg.model_copy(update={"output": cfg.output.model_copy(update={"bundle_dir": None})}), gating
+
+
+def _gate_run(gating, bundle, metrics, root) -> int:
+    from ecomtl.lifecycle.gate import gate_and_promote
+
+    if gating is None:
+        return 0
+    result = gate_and_promote(bundle, metrics, gating["reference"], gating["tolerances"], gating["promote_to"], root)
+    return 0 if result.passed else 1
+
+
+def cmd_gate(args) -> int:
+    from ecomtl.lifecycle.gate import gate, parse_tolerances
+
+    result = gate(args.candidate, args.against, parse_tolerances(args.tolerance), data_root=args.data_root,
+                  split=args.split, max_rows=args.max_rows)
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_json(), f, indent=2, default=float)
+    return 0 if result.passed else 1
+
+
+def cmd_adapt(args) -> int:
+    from ecomtl.lifecycle.adapt import adapt_bundle
+
+    out = adapt_bundle(args.bundle, args.new_task_config, args.shots, seeds=args.seeds, out=args.out,
+                       overrides=args.overrides, from_pretrained=args.from_pretrained)
+    print(f"\n{out.task} on the {out.backbone} backbone, validation score per K "
+          f"(mean and std over seeds; wall {out.wall_s:.0f} s):")
+    print(out.table())
+    if args.curve_out:
+        with open(args.curve_out, "w") as f:
+            json.dump({"task": out.task, "backbone": out.backbone, "bundle": args.bundle, "runs": out.curve,
+                       "summary": out.summary()}, f, indent=2, default=float)
+    if out.bundle:
+        print(f"bundle: {out.bundle}")
     return 0
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give K or a comma-separated list (8,32,128)") from None
+
+
+def _add_gate_flags(parser) -> None:
+    parser.add_argument("--gate", metavar="REF", help="a bundle or metrics JSON the result must not lose to (per "
+                        "head, beyond --tolerance); refused: not promoted to output.bundle_dir, exit 1")
+    parser.add_argument("--tolerance", action="append", metavar="[TASK=]X",
+                        help="allowed loss per head in score units (default 0); TASK=X for one head; repeatable")
 
 
 def _read_baseline(path: Optional[str]) -> Optional[dict]:
@@ -132,10 +210,12 @@ def cmd_tune(args) -> int:
 
     extra = ["tune.single_task=true"] if args.single_task else []
     cfg, section = load_sweep_config(args.config, list(args.overrides) + extra)
+    cfg, gating = _gating(cfg, args, export_in_run=False)
     out = run_sweep(cfg, section, name=args.name)
     print(f"\nsweep wall {out.wall_s / 60:.1f} min | trials {out.files['table']}")
     print(f"best bundle: {out.files['bundle']}")
-    return 0
+    metrics = json.loads((out.files["bundle"] / "metrics.json").read_text()).get("validation")
+    return _gate_run(gating, out.files["bundle"], metrics, cfg.resolved_data_root())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="resume the run of this name from its latest checkpoint")
     t.add_argument("--baseline", metavar="JSON", help="metrics from `ecomtl baseline --out`: adds baseline and "
                                                       "delta columns to the final table")
+    t.add_argument("--init-from", metavar="BUNDLE", help="start from this bundle's weights and label spaces "
+                   "(training.init_from); new tasks' heads start fresh")
+    _add_gate_flags(t)
     t.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("distill", help="train a student on a teacher bundle's outputs mixed with the labels "
@@ -192,7 +275,32 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--name", help="sweep name (default: the config's name); an existing one is resumed")
     u.add_argument("--single-task", action="store_true",
                    help="also train each head alone at the compute it got in the best trial")
+    _add_gate_flags(u)
     u.set_defaults(fn=cmd_tune)
+    gt = sub.add_parser("gate", help="compare two bundles (or a bundle and a metrics JSON) head by head on the "
+                                     "same split; exit 1 when a head loses beyond the tolerance")
+    gt.add_argument("candidate", help="bundle directory or metrics JSON")
+    gt.add_argument("--against", required=True, metavar="REFERENCE", help="bundle directory or metrics JSON "
+                    "(`ecomtl baseline --out`, `ecomtl evaluate`, a bundle's metrics.json)")
+    gt.add_argument("--tolerance", action="append", metavar="[TASK=]X",
+                    help="allowed loss per head in score units (default 0); TASK=X for one head; repeatable")
+    gt.add_argument("--data-root", help="data both bundles are scored on (default: the candidate's)")
+    gt.add_argument("--split", default="validation")
+    gt.add_argument("--max-rows", type=int, help="score a fixed random subset of each source")
+    gt.add_argument("--json", metavar="OUT", help="also write the verdict as JSON")
+    gt.set_defaults(fn=cmd_gate)
+    a = sub.add_parser("adapt", help="add a task to a bundle from K labelled rows: a new head over the frozen "
+                                     "backbone, old heads untouched")
+    a.add_argument("bundle")
+    a.add_argument("new_task_config", help="YAML: tasks (one), optional new sources, adapt options")
+    a.add_argument("overrides", nargs="*", help="dotted overrides of that YAML, e.g. adapt.steps=100")
+    a.add_argument("--shots", type=_shots, required=True, metavar="K[,K...]", help="labelled rows; several: a curve")
+    a.add_argument("--seeds", type=int, default=1, help="K-shot samples (and head inits) per K")
+    a.add_argument("--out", help="write the bundle with the new task here (largest K, first seed)")
+    a.add_argument("--from-pretrained", action="store_true", help="the same head on the pretrained backbone "
+                   "(no multi-task training): the comparison; writes no bundle")
+    a.add_argument("--curve-out", metavar="JSON", help="also write every run's metrics and the per-K summary")
+    a.set_defaults(fn=cmd_adapt)
     g = sub.add_parser("plugins", help="every registry (backbones, adapters, sharing, heads, weightings, "
                                        "samplers) with each plug-in's options")
     g.add_argument("--json", action="store_true")

@@ -62,6 +62,7 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
 
     from ecomtl.data.pipeline import prepare_training_data
     from ecomtl.evaluation import evaluate_bundle
+    from ecomtl.lifecycle.init_from import init_label_infos, tokenizer_location
     from ecomtl.model.bundle import copy_bundle
     from ecomtl.model.build import load_tokenizer
     from ecomtl.plots import plot_training
@@ -76,7 +77,8 @@ def train_experiment(cfg: ExperimentConfig, run_name: Optional[str] = None, log=
     cfg = cfg.model_copy(update={"data_root": root})
     init_ray()
     log(f"[ecomtl] run {run_name}: data from {root}")
-    prepared = prepare_training_data(cfg, load_tokenizer(cfg.model), root)
+    label_infos = init_label_infos(cfg, root)  # training.init_from: the bundle's label spaces
+    prepared = prepare_training_data(cfg, load_tokenizer(cfg.model, tokenizer_location(cfg)), root, label_infos)
     data = prepared.data
     if cfg.distill is not None:  # the teacher runs once, here: workers get its outputs with the rows
         from ecomtl.distill.teacher import attach_teacher_outputs

@@ -184,6 +184,7 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
 
     from ecomtl.data.prepare import prepare_data
     from ecomtl.evaluation import task_specs
+    from ecomtl.lifecycle.init_from import init_label_infos, tokenizer_location
     from ecomtl.model.build import load_tokenizer
     from ecomtl.ray_env import init_ray
     from ecomtl.report import data_report_table
@@ -202,7 +203,9 @@ def run_sweep(cfg: ExperimentConfig, section: TuneSection, name: Optional[str] =
     init_ray()
     log(f"[ecomtl] sweep {name}: {section.num_samples} trials, mode {section.mode}, "
         f"{max_concurrent(cfg, section)} at a time, each {trial_resources(cfg, section)}; data from {root}")
-    data = prepare_data(cfg, load_tokenizer(cfg.model), root=root)
+    # training.init_from: every trial starts from the bundle, on its label spaces
+    data = prepare_data(cfg, load_tokenizer(cfg.model, tokenizer_location(cfg)), root=root,
+                        label_infos=init_label_infos(cfg, root))
     task_specs(cfg, data.label_infos)  # a metric the label space cannot give fails here, before any trial
     log(data_report_table(data.report()))
     sizes = {s: len(d) for s, d in data.splits["train"].items()}
