@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--classifier", default="category")
     ap.add_argument("--separator", default=" > ")
     ap.add_argument("--split", default="validation")
-    ap.add_argument("--max-rows", type=int, help="a fixed random subset of each source")
+    ap.add_argument("--max-rows", type=int, default=600, help="a fixed random subset of each source (0: all)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--data-root")
     args = ap.parse_args()
@@ -48,7 +48,7 @@ def main() -> None:
     out, seconds = {}, {}
     for task in (args.generation, args.classifier):
         split = data.splits[args.split][cfg.tasks[task].source]
-        rows = eval_rows(split, args.max_rows)
+        rows = eval_rows(split, args.max_rows or None)
         t0 = time.perf_counter()
         out[task] = predict_pairs(bundle.model, split, [task], rows, args.batch_size, pad, "cpu")[task]
         seconds[task] = time.perf_counter() - t0
