@@ -38,7 +38,8 @@ def lora_decoder_overrides(decoder_tokenizer_dir, mode="per_task"):
             "optim.lr=1e-2"]
 
 
-@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2, 3])  # CI time: ZeRO-1 by hand
+# CI time: ZeRO-1 and -2 by hand (ZeRO-2 also runs in the ranking and MMoE tests)
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3])
 def test_two_workers_each_zero_stage_learn_and_export(stage, ray_local, tmp_path, data_root):
     cfg = fixed_batch_cfg(tmp_path, data_root, stage)
     out = train_experiment(cfg, run_name=f"zero{stage}", log=lambda *_: None)
@@ -62,7 +63,7 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("mode,stage", [("per_task", 0), pytest.param("per_task", 1, marks=SLOW),
-                                        pytest.param("per_task", 2, marks=SLOW), ("per_task", 3), ("shared", 2)])
+                                        pytest.param("per_task", 2, marks=SLOW), ("per_task", 3), pytest.param("shared", 2, marks=SLOW)])
 def test_decoder_with_lora_learns_under_zero(mode, stage, ray_local, tmp_path, data_root, decoder_tokenizer_dir):
     """A tiny random Llama (tokenizer without a pad token), LoRA adapters only (frozen
     base), 2 workers: the loss falls, only adapters and heads change, the bundle loads."""
