@@ -152,7 +152,7 @@ def cmd_evaluate(args) -> int:
     from ecomtl.evaluation import evaluate_bundle
 
     result = evaluate_bundle(args.bundle, data_root=args.data_root, split=args.split,
-                             batch_size=args.batch_size, max_rows=args.max_rows)
+                             batch_size=args.batch_size, max_rows=args.max_rows, precision=args.precision)
     print(json.dumps(result, indent=2, default=float))
     return 0
 
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="validation")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-rows", type=int, help="score a fixed random subset of each source")
+    e.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="the backbone's precision, as `serve` would run it (model/precision.py)")
     e.set_defaults(fn=cmd_evaluate)
 
     x = sub.add_parser("export", help="copy the bundle out of a training checkpoint (atomically)")
