@@ -107,8 +107,7 @@ def test_decoding_is_deterministic_stops_at_eos_and_reports_logprobs(built):
     assert head.generate(prompts[:1])[0]["text"] == a[0]["text"]
     assert head.generate(prompts, max_new_tokens=2)[0]["tokens"] <= 2
     assert head.generate(prompts, max_new_tokens=999)[0]["tokens"] <= 24  # the head's own cap
-    beams = TASK_HEADS.get("generation")  # beam search runs too
-    head.options = head.Options(max_new_tokens=4, num_beams=2)
+    head.options = head.Options(max_new_tokens=4, num_beams=2)  # beam search runs too
     assert len(head.generate(prompts)) == 3
 
 

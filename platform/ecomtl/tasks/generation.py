@@ -80,6 +80,7 @@ class GenerationHead(TaskHead):
     needs_lm_head = True
     owns_source = True
     streams = False
+    ignore_value = None  # a row without a target: prompt only, no loss
     selectable_metrics = {
         "rouge_l": "ROUGE-L F-measure of the generated text against the target (rouge_score)",
         "exact_match": "share of generations equal to the target (case and spacing aside)",
@@ -109,8 +110,6 @@ class GenerationHead(TaskHead):
         if is_missing(value):
             return None, "missing_label"
         return str(value).strip(), None
-
-    ignore_value = None  # a row without a target: prompt only, no loss
 
     @classmethod
     def finish_rows(cls, tokenizer, input_ids: list[np.ndarray], targets: list, options: dict):
