@@ -7,7 +7,7 @@ from ecomtl.weighting import WEIGHTINGS
 
 
 def test_every_weighting_is_registered_with_a_paper_and_typed_options():
-    assert WEIGHTINGS.names() == ["cagrad", "dwa", "famo", "gradnorm", "pcgrad", "static", "uncertainty"]
+    assert WEIGHTINGS.names() == ["cagrad", "dwa", "famo", "gradnorm", "nashmtl", "pcgrad", "static", "uncertainty"]
     for row in WEIGHTINGS.describe():
         assert row["description"], row["name"]
 

@@ -3,7 +3,7 @@ different losses; after ``sync`` both hold the same state, the average of theirs
 
 import pytest
 
-STATEFUL = ["uncertainty", "dwa", "famo", "gradnorm"]
+STATEFUL = ["uncertainty", "dwa", "famo", "gradnorm", "nashmtl"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ N cell must be refused by the schema."""
 import pytest
 
 LOSS_LEVEL = ["static", "uncertainty", "dwa", "famo"]
-GRADIENT = ["pcgrad", "cagrad", "gradnorm"]
+GRADIENT = ["pcgrad", "cagrad", "gradnorm", "nashmtl"]
 # (stage, kind, gradient accumulation steps); a few cells again with accumulation, where
 # DeepSpeed scales the loss and steps only at the boundary
 CELLS = ([(s, k, 1) for s in (0, 1, 2, 3) for k in LOSS_LEVEL] + [(s, k, 1) for s in (0, 1) for k in GRADIENT]

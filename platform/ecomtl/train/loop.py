@@ -43,6 +43,8 @@ from ecomtl.tasks import TASK_HEADS
 from ecomtl.weighting import WEIGHTINGS
 
 STATE_FILE = "trainer_state.json"
+# the weighting's own optimizer (uncertainty's Adam moments), one torch file per rank
+WEIGHTING_OPTIM_DIR = "weighting_optimizer"
 # Ray Train sends worker logs to the driver; print() would be echoed twice there.
 log = logging.getLogger("ecomtl.train")
 DS_DIR, DS_TAG, BUNDLE_DIR = "deepspeed", "state", "bundle"
@@ -135,6 +137,7 @@ class TrainingRun:
             self.engine.load_checkpoint(os.path.join(d, DS_DIR), tag=DS_TAG)
             self.state = json.loads(Path(d, STATE_FILE).read_text())
             self.weighting.load_state_dict(self.state.get("weighting", {}))
+            load_weighting_optimizer(self.weighting_optimizer, d, self.rank)
             self.sampler.load_state_dict(self.state.get("sampler", {}))
         if self.rank == 0:
             log.info("[ecomtl] resumed from checkpoint at step %d", self.state["step"])
@@ -263,6 +266,7 @@ class TrainingRun:
         tmp = Path(tempfile.mkdtemp(prefix=f"ecomtl-ckpt-r{self.rank}-"))
         try:
             self.engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG)
+            save_weighting_optimizer(self.weighting_optimizer, tmp, self.rank)
             state["weighting"] = self.weighting.state_dict()
             state["sampler"] = self.sampler.state_dict()
             if self.cfg.distributed.zero_stage == 3:
@@ -310,6 +314,36 @@ class TrainingRun:
                 self.progress.restart_window()
                 if stop:
                     break
+
+
+def _weighting_optimizer_file(checkpoint_dir, rank: int) -> Path:
+    return Path(checkpoint_dir, WEIGHTING_OPTIM_DIR, f"rank{rank:05d}.pt")
+
+
+def save_weighting_optimizer(optimizer, checkpoint_dir, rank: int) -> None:
+    """The weighting's own optimizer state (uncertainty's Adam moments and step count)
+    into a training checkpoint. Per rank, like DeepSpeed's shards: each rank steps it with
+    its own shard's gradient before ``sync`` averages the tensors, so the moments differ."""
+    if optimizer is None:
+        return
+    path = _weighting_optimizer_file(checkpoint_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer.state_dict(), path)
+
+
+def load_weighting_optimizer(optimizer, checkpoint_dir, rank: int) -> bool:
+    """Restore what ``save_weighting_optimizer`` wrote for this rank; False (fresh
+    moments) where there is none: a checkpoint from before they were saved, or a rank the
+    saving run did not have. Only the state is taken: lr and betas stay the current
+    config's (a resumed or PBT-mutated ``optim.head_lr`` applies)."""
+    path = _weighting_optimizer_file(checkpoint_dir, rank)
+    if optimizer is None or not path.is_file():
+        return False
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    for group, current in zip(saved["param_groups"], optimizer.param_groups):
+        group.update({k: v for k, v in current.items() if k != "params"})
+    optimizer.load_state_dict(saved)
+    return True
 
 
 def batch_size(cfg: ExperimentConfig, source: str) -> int:

@@ -8,7 +8,7 @@ Three kinds, and how the training loop drives each per optimizer step:
 - with learnable tensors (uncertainty): ``w.parameters()`` is non-empty; their gradients
   come from that same backward and something must step them (see README.md).
 - with a post-step update (famo): ``w.update(losses_after)`` once the optimizer has stepped.
-- gradient-level (pcgrad, cagrad, gradnorm; ``owns_backward``): ``loss =
+- gradient-level (pcgrad, cagrad, gradnorm, nashmtl; ``owns_backward``): ``loss =
   w.backward_loss(losses, shared_params)`` then ``engine.backward(loss)``. It takes each
   task's gradient over the shared parameters, combines them with ``combine_gradients`` and
   returns a surrogate whose gradient *is* the combined one, so DeepSpeed still does its own
