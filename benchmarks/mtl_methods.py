@@ -2,7 +2,7 @@
 
     python benchmarks/mtl_methods.py [--config jobs/configs/demo.yaml] [--seeds 3]
         [--methods static/hard,uncertainty/hard,famo/hard,pcgrad/hard,static/mmoe,static/ple]
-        [--steps N] [--out /tmp/ecomtl_mtl] [overrides ...]
+        [--steps N] [--tasks rating,match,...] [--out /tmp/ecomtl_mtl] [overrides ...]
 
 Every method ``weighting/sharing`` trains the config's heads together; each head is also
 trained alone for the steps its source got in the multi-task run (the sweep's
@@ -13,7 +13,10 @@ the cost of a training step against static/hard (from training samples/s); write
 methods, delta to single-task) and ``mtl_methods.json`` under ``--out``.
 
 On 2 CPU cores a demo-sized run takes ~15 minutes: the full grid (6 methods + 6 heads
-alone, 3 seeds) is hours; use ``--steps`` and ``--methods`` to cut it, or a GPU.
+alone, 3 seeds) is hours; use ``--steps``, ``--methods`` and ``--tasks`` to cut it, or a
+GPU. Every finished run is appended to ``runs.jsonl`` under ``--out`` at once, and a
+second call with the same ``--out`` skips the runs already there: an interrupted grid
+resumes where it stopped, and a finished one re-prints its table in seconds.
 """
 
 from __future__ import annotations
@@ -44,15 +47,56 @@ def train_scores(cfg, name: str) -> tuple[dict[str, float], float]:
     return {t: m["score"] for t, m in out.metrics.items()}, statistics.mean(rates)
 
 
-def single_task_scores(cfg, seed_name: str) -> dict[str, float]:
+class RunLog:
+    """Finished runs, one JSON line each, keyed by (method, seed, task-or-None)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                self.done[(r["method"], r["seed"], r.get("task"))] = r
+
+    def get_or_run(self, method: str, seed: int, task, run) -> dict:
+        key = (method, seed, task)
+        if key not in self.done:
+            scores, rate = run()
+            self.done[key] = {"method": method, "seed": seed, "task": task, "scores": scores, "samples_per_s": rate}
+            with self.path.open("a") as f:
+                f.write(json.dumps(self.done[key]) + "\n")
+        return self.done[key]
+
+
+def single_task_scores(cfg, seed: int, log: RunLog) -> dict[str, float]:
     from ecomtl.tune.trial import single_task_config
 
-    sizes = _train_sizes(cfg)
+    sizes = None
     scores = {}
     for task in cfg.tasks:
-        alone = single_task_config(cfg, task, sizes)
-        scores.update(train_scores(alone, f"{seed_name}-{task}")[0])
+        def run(task=task):
+            nonlocal sizes
+            sizes = sizes or _train_sizes(cfg)
+            return train_scores(single_task_config(cfg, task, sizes), f"single-s{seed}-{task}")
+        scores[task] = log.get_or_run(SINGLE, seed, task, run)["scores"][task]
     return scores
+
+
+def keep_tasks(cfg, tasks: list[str]):
+    """The config with only ``tasks`` (and the sources they read): e.g. the demo's six
+    classic heads without its ranking head."""
+    from ecomtl.config.schema import ExperimentConfig
+
+    unknown = sorted(set(tasks) - set(cfg.tasks))
+    if unknown:
+        raise SystemExit(f"--tasks: {unknown} not in the config's tasks {sorted(cfg.tasks)}")
+    data = cfg.model_dump(mode="json")
+    data["tasks"] = {t: data["tasks"][t] for t in tasks}
+    used = {data["tasks"][t]["source"] for t in tasks}
+    data["sources"] = {s: v for s, v in data["sources"].items() if s in used}
+    if data["sampling"].get("weights"):
+        data["sampling"]["weights"] = {s: w for s, w in data["sampling"]["weights"].items() if s in used}
+    return ExperimentConfig.model_validate(data)
 
 
 def _train_sizes(cfg) -> dict[str, int]:
@@ -109,6 +153,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default="static/hard,uncertainty/hard,famo/hard,pcgrad/hard,static/mmoe,static/ple")
     p.add_argument("--steps", type=int)
+    p.add_argument("--tasks", help="comma-separated subset of the config's tasks (default: all)")
     p.add_argument("--out", default="/tmp/ecomtl_mtl")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -118,21 +163,29 @@ def main() -> None:
     if args.steps:
         base_overrides.append(f"training.steps={args.steps}")
     methods = [m.split("/") for m in args.methods.split(",")]
+    log = RunLog(out_dir / "runs.jsonl")
+
+    def config(*overrides):
+        cfg = load_config(args.config, base_overrides + list(overrides))
+        return keep_tasks(cfg, args.tasks.split(",")) if args.tasks else cfg
     results: dict[str, list[dict[str, float]]] = {}
     rates: dict[str, list[float]] = {}
     tasks: list[str] = []
     for seed in range(args.seeds):
         for weighting, sharing in methods:
             name = f"{weighting}/{sharing}"
-            cfg = load_config(args.config, base_overrides + [f"training.seed={seed}", f"weighting.kind={weighting}",
-                                                             f"model.sharing.kind={sharing}"])
+            cfg = config(f"training.seed={seed}", f"weighting.kind={weighting}", f"model.sharing.kind={sharing}")
             tasks = list(cfg.tasks)
-            scores, rate = train_scores(cfg, f"{weighting}-{sharing}-s{seed}")
-            results.setdefault(name, []).append(scores)
-            rates.setdefault(name, []).append(rate)
-            print(f"[mtl] seed {seed} {name}: " + " ".join(f"{t} {v:.4f}" for t, v in scores.items()), flush=True)
-        cfg = load_config(args.config, base_overrides + [f"training.seed={seed}"])
-        results.setdefault(SINGLE, []).append(single_task_scores(cfg, f"single-s{seed}"))
+            done = log.get_or_run(name, seed, None, lambda cfg=cfg: train_scores(cfg, f"{weighting}-{sharing}-s{seed}"))
+            results.setdefault(name, []).append(done["scores"])
+            rates.setdefault(name, []).append(done["samples_per_s"])
+            print(f"[mtl] seed {seed} {name}: " + " ".join(f"{t} {v:.4f}" for t, v in done["scores"].items()),
+                  flush=True)
+        cfg = config(f"training.seed={seed}")
+        tasks = list(cfg.tasks)
+        results.setdefault(SINGLE, []).append(single_task_scores(cfg, seed, log))
+        print(f"[mtl] seed {seed} {SINGLE}: " + " ".join(f"{t} {v:.4f}" for t, v in results[SINGLE][-1].items()),
+              flush=True)
     rows, stats = summarise(results, tasks)
     print(f"\nfull validation split, mean ± std over {args.seeds} seed(s)")
     print(table(rows, ["method"] + tasks))
