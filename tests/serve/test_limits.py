@@ -1,9 +1,10 @@
 """Back-pressure, deadlines, readiness, API keys and batch isolation, on one app built to
-make each of them happen for sure: batches flush only when full (or after 1 s), the
-request deadline is 1 s, and queues are tiny. A single-text request therefore waits past
-its deadline (504), a full request (8 texts) fills a batch and answers at once, and a
-burst of single-text requests overflows the queues (503 with Retry-After). Heads take one
-request at a time (queue of one), but stars takes 16, so that a batch of 8 can form."""
+make each of them happen for sure: batches flush only when full (or after 1 s, also on an
+idle replica: ``wait_when_idle``), the request deadline is 1 s, and queues are tiny. A
+single-text request therefore waits past its deadline (504), a full request (8 texts)
+fills a batch and answers at once, and a burst of single-text requests overflows the
+queues (503 with Retry-After). Heads take one request at a time (queue of one), but stars
+takes 16, so that a batch of 8 can form."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 KEY = "k-3b9f2c"
 FULL = [f"review {i}" for i in range(8)]  # fills a batch of 8: no waiting
-SLOW = {"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 1.0}}
+SLOW = {"batching": {"max_batch_size": 8, "batch_wait_timeout_s": 1.0, "wait_when_idle": True}}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@
              │          requests; tokenises; holds only its head's weights)
              ▼
            Encoder     (one shared deployment: @serve.batch merges the calls of every head
-                        and of /v1/predict into one forward pass)
+                        and of /v1/predict into one batch, run in passes of rows of like
+                        length)
 
 Why this split: the encoder is nearly all the compute and all the memory, so it lives once
 per replica and is shared by every task; what differs per task (tokenising, the head,
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Optional, TypeVar
 
+import numpy as np
 from ray import serve
 
 from ecomtl.model.bundle import load_bundle, read_spec
+from ecomtl.model.multitask import Encoded
 from ecomtl.model.predictor import EncoderRunner, Features, HeadRunner, Preprocessor
 from ecomtl.serve import metrics
 from ecomtl.serve.schemas import Batching
@@ -55,6 +59,47 @@ def load_encoder_runner(bundle: str | Path, torch_threads: Optional[int], precis
         torch.set_num_threads(torch_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return EncoderRunner(apply_precision(load_bundle(bundle, device=device).model, precision, device))
+
+
+def encode_by_length(runner: EncoderRunner, feats: Features, route: str, need_hidden: bool,
+                     max_pass_tokens: int) -> Encoded:
+    """``runner.encode`` over rows sorted by length, in passes of at most ``max_pass_tokens``
+    padded tokens; the result in the rows' own order, padded to the longest row. A merged
+    batch holds requests (and, in the encoder, sources) of very different lengths: in one
+    pass a 20-token title costs as much as the 128-token review it is padded to."""
+    lengths = [len(ids) for ids in feats.input_ids]
+    passes, current = [], []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[i] > max_pass_tokens:
+            passes.append(current)
+            current = []
+        current.append(i)
+    passes.append(current)
+    if len(passes) == 1:
+        return runner.encode(feats, route, need_hidden)
+    import torch
+
+    out: Optional[Encoded] = None
+    n, width = len(lengths), max(lengths)
+    with torch.inference_mode():
+        for rows in passes:
+            enc = runner.encode(take(feats, rows), route, need_hidden)
+            if out is None:
+                hidden = None if enc.hidden is None else enc.hidden.new_zeros((n, width, enc.hidden.shape[-1]))
+                out = Encoded(enc.pooled.new_empty((n, *enc.pooled.shape[1:])), hidden, enc.mask.new_zeros((n, width)))
+            index, w = torch.tensor(rows), enc.mask.shape[1]
+            out.pooled[index] = enc.pooled
+            out.mask[index, :w] = enc.mask
+            if out.hidden is not None:
+                out.hidden[index, :w] = enc.hidden
+    return out
+
+
+def take(feats: Features, rows: list[int]) -> Features:
+    """The rows ``rows`` of ``feats``, in that order."""
+    pick = lambda xs: None if xs is None else [xs[i] for i in rows]  # noqa: E731
+    return Features(feats.source, feats.kind, feats.pad_id, pick(feats.input_ids), pick(feats.token_type_ids),
+                    pick(feats.texts), pick(feats.truncated), pick(feats.word_ids), pick(feats.words))
 
 
 def replica_died(err: BaseException) -> bool:
@@ -129,6 +174,59 @@ def configure_batching(method, batching: Batching) -> None:
     method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
 
+class Batched:
+    """Calls into one ``@serve.batch`` method of this replica. ``@serve.batch`` holds the
+    first call of a batch for ``batch_wait_timeout_s`` whatever else is going on: a lone
+    request on an idle replica then waits for company that never comes (at each batched
+    stage it passes). Here the wait is set per batch: a call that finds no other call of
+    this method in flight (queued or running) closes its batch at once; while others are
+    in flight, calls wait as configured (they and the ones arriving meanwhile share the
+    next pass). Serve reads the wait when it takes a batch's first call, on this same
+    event loop, so the setting made just before the call is the one that applies."""
+
+    def __init__(self, method, batching: Batching):
+        self.method, self.in_flight = method, 0
+        self.busy_wait = batching.batch_wait_timeout_s
+        self.idle_wait = batching.batch_wait_timeout_s if batching.wait_when_idle else 0.0
+        configure_batching(method, batching)
+
+    async def __call__(self, call):
+        self.method.set_batch_wait_timeout_s(self.busy_wait if self.in_flight else self.idle_wait)
+        self.in_flight += 1
+        try:
+            return await self.method(call)
+        finally:
+            self.in_flight -= 1
+
+
+@dataclass
+class HostEncoded:
+    """An ``Encoded`` on its way from the encoder replica to a head: numpy arrays of
+    just the call's rows. Ray pickles numpy buffers out of band (protocol 5); a torch
+    tensor goes through ``torch.save`` of its whole storage, so a row slice of a merged
+    batch would carry every row of the batch to every caller."""
+
+    pooled: np.ndarray
+    hidden: Optional[np.ndarray]
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, enc: Encoded, need_hidden: bool = True) -> "HostEncoded":
+        hidden = enc.hidden.numpy() if need_hidden and enc.hidden is not None else None
+        return cls(enc.pooled.numpy(), hidden, enc.mask.numpy())
+
+    def encoded(self) -> Encoded:
+        """Torch tensors again (a copy where Ray handed back read-only memory)."""
+        import torch
+
+        t = lambda a: None if a is None else torch.from_numpy(a if a.flags.writeable else a.copy())  # noqa: E731
+        return Encoded(t(self.pooled), t(self.hidden), t(self.mask))
+
+
+def as_encoded(enc) -> Encoded:
+    return enc.encoded() if isinstance(enc, HostEncoded) else enc
+
+
 @serve.deployment
 class Encoder:
     """The shared encoder. One call = one tokenised sub-batch; ``@serve.batch`` merges
@@ -136,10 +234,11 @@ class Encoder:
 
     def __init__(self, bundle: str, batching: Batching, torch_threads: Optional[int] = None, precision: str = "fp32"):
         self.runner = load_encoder_runner(bundle, torch_threads, precision)
-        configure_batching(self.encode, batching)
+        self.max_pass_tokens = batching.max_pass_tokens
+        self.batched = Batched(self.encode, batching)
 
-    async def __call__(self, feats: Features, route: str, need_hidden: bool):
-        return unwrap(await self.encode((feats, route, need_hidden)))
+    async def __call__(self, feats: Features, route: str, need_hidden: bool) -> HostEncoded:
+        return unwrap(await self.batched((feats, route, need_hidden)))
 
     # Batches count texts (rows), not calls: one 32-text request weighs 32 single-text
     # ones. Limits are reset from the args in __init__.
@@ -162,10 +261,10 @@ class Encoder:
         merged = Features.concat([feats for feats, _, _ in part])
         need_hidden = any(h for _, _, h in part)
         # torch releases the GIL: run off the event loop so the next batch can gather meanwhile
-        enc = await asyncio.to_thread(self.runner.encode, merged, route, need_hidden)
+        enc = await asyncio.to_thread(encode_by_length, self.runner, merged, route, need_hidden, self.max_pass_tokens)
         out, start = [], 0
-        for feats, _, _ in part:
-            out.append(enc.rows(start, start + len(feats.input_ids)))
+        for feats, _, hidden in part:  # token states only to the calls that asked for them
+            out.append(HostEncoded.of(enc.rows(start, start + len(feats.input_ids)), hidden))
             start += len(feats.input_ids)
         return out
 
@@ -192,11 +291,12 @@ class Head:
                                 else self.local.model)
         self.need_hidden = self.heads.needs_hidden([task])
         self.forward_lock = asyncio.Lock()  # naive: one forward at a time, tokenising may overlap
-        configure_batching(self.predict_batch, batching)
+        self.max_pass_tokens = batching.max_pass_tokens
+        self.batched = Batched(self.predict_batch, batching)
 
     async def predict(self, items: list[tuple[str, Optional[str]]], params: Optional[dict] = None) -> list[dict]:
         """``params``: the request's own settings for the head (generation: max_new_tokens)."""
-        return unwrap(await self.predict_batch((items, params or {})))
+        return unwrap(await self.batched((items, params or {})))
 
     # Two batches in flight: one waits on the encoder while the next is tokenised.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=item_rows, max_concurrent_batches=2)
@@ -227,9 +327,10 @@ class Head:
         feats = self.pre.features(self.source, [x for items, _ in calls for x in items])
         if self.local is not None:
             async with self.forward_lock:
-                enc = await asyncio.to_thread(self.local.encode, feats, self.route, self.need_hidden)
+                enc = await asyncio.to_thread(encode_by_length, self.local, feats, self.route, self.need_hidden,
+                                              self.max_pass_tokens)
         else:
-            enc = await with_retry(lambda: self.encoder.remote(feats, self.route, self.need_hidden))
+            enc = as_encoded(await with_retry(lambda: self.encoder.remote(feats, self.route, self.need_hidden)))
         preds = self.heads.predict(self.task, enc, feats)
         metrics.truncations(self.task, feats.truncated)
         out, start = [], 0
@@ -239,7 +340,7 @@ class Head:
         return out
 
     async def apply(self, enc, feats: Features) -> list[dict]:
-        preds = self.heads.predict(self.task, enc, feats)
+        preds = self.heads.predict(self.task, as_encoded(enc), feats)
         metrics.truncations(self.task, feats.truncated)
         return preds
 

@@ -79,11 +79,20 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_typ
 
 
 class Batching(Strict):
-    """``@serve.batch`` limits: texts (rows, not requests) merged into one forward pass,
-    and how long the first waits for more."""
+    """``@serve.batch`` limits: texts (rows, not requests) merged into one batch, and how
+    long the first waits for more. The wait applies while the replica has other
+    calls in flight (they or the calls arriving meanwhile join the batch); a call that
+    finds the replica idle runs at once, since waiting would only add its wait to the
+    answer (``wait_when_idle: true`` waits anyway)."""
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    wait_when_idle: bool = Field(False, description="a call on an idle replica also waits batch_wait_timeout_s "
+                                                    "for company (default: it runs at once)")
+    max_pass_tokens: int = Field(2048, ge=1, le=1_000_000, description=(
+        "padded tokens per forward pass: a merged batch is sorted by length and cut into passes of at most "
+        "this many (rows × longest row; one row at least), so short texts are not padded to the longest "
+        "text of every request merged with them; raise it on a GPU replica"))
 
 
 class DeploymentArgs(Strict):
