@@ -83,10 +83,12 @@ class TrainingRun:
         self.pad_id = self.tokenizer.pad_token_id
         self.state = {"step": 0, "micro": 0, "source_batches": {s: 0 for s in cfg.sources}, "best": -math.inf,
                       "bad_evals": 0, "history": []}
-        self._resume()
+        self._resume(config.get("resume_from"))
         self.next_batch = _batch_source(cfg, self.data, config, self.state, self.rank, self.world, self.device,
                                         self.pad_id, self.label_dtypes)
         self.progress = Progress(cfg.training.steps, self.state["step"], self.world, self.model.backbone, self.on_gpu)
+        # PBT trains in segments (tune/pbt.py): this run ends there, the schedule does not
+        self.stop_at = min(config.get("stop_at") or cfg.training.steps, cfg.training.steps)
 
     # -- setup ----------------------------------------------------------------------------
     @staticmethod
@@ -127,10 +129,12 @@ class TrainingRun:
         own = self.weighting.parameters()
         self.weighting_optimizer = torch.optim.Adam(own, lr=cfg.optim.head_lr or cfg.optim.lr * 10) if own else None
 
-    def _resume(self) -> None:
+    def _resume(self, start=None) -> None:
+        """From the run's own latest checkpoint (a restarted worker group), else from
+        ``start``: a Train checkpoint's path or URI that another run wrote (PBT's segments)."""
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(start) if start else None)
         if not checkpoint:
             return
         with checkpoint.as_directory() as d:
@@ -293,12 +297,12 @@ class TrainingRun:
         cfg, state = self.cfg, self.state
         self.engine.train()
         loop_start, train_s = time.time(), 0.0
-        while state["step"] < cfg.training.steps:
+        while state["step"] < self.stop_at:
             t_step = time.perf_counter()
             self.train_step()
             train_s += time.perf_counter() - t_step
             step = state["step"]
-            last = step == cfg.training.steps
+            last = step == self.stop_at
             if step % cfg.training.log_every == 0 or last:
                 text, record = self.progress.line(step, self.scheduler.get_last_lr()[0])
                 state["history"].append({"kind": "train", **record})

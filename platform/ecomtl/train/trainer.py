@@ -40,9 +40,14 @@ def resolve_use_gpu(cfg: ExperimentConfig) -> bool:
 
 
 def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None, datasets=None,
-                  train_sizes=None):
+                  train_sizes=None, stop_at=None, resume_from=None):
     """``datasets`` (``data.engine: ray_data``): the streamed train datasets by name, and
-    ``train_sizes`` their row counts (for the source sampler)."""
+    ``train_sizes`` their row counts (for the source sampler). ``stop_at``: end this run
+    at that step (with an evaluation and checkpoint there) while the schedule still runs
+    to ``training.steps``; ``resume_from``: the path or URI of a Train checkpoint to start
+    from when the run has none of its own (both for PBT's segments, ``tune/pbt.py``).
+    Train V2 refuses ``TorchTrainer(resume_from_checkpoint=...)``: the loop takes it from
+    its config instead, after ``ray.train.get_checkpoint()``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -54,7 +59,8 @@ def build_trainer(cfg: ExperimentConfig, data_ref, run_name: str, callbacks=None
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json") | {"distributed": d.model_dump() | {"use_gpu": use_gpu}},
-                           "data": data_ref, "train_sizes": train_sizes},
+                           "data": data_ref, "train_sizes": train_sizes, "stop_at": stop_at,
+                           "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         datasets=datasets or None,

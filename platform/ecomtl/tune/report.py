@@ -229,7 +229,20 @@ def write_report(cfg: ExperimentConfig, section: TuneSection, name: str, sweep_d
         files.pop("single_task_plot")
     outcome = SweepOutcome(name, sweep_dir, rows + single_rows, best, default, front, files)
     log(summary(outcome, tasks))
+    if section.pbt:
+        log(pbt_summary(sweep_dir))
     return outcome
+
+
+def pbt_summary(sweep_dir: str) -> str:
+    """Which member cloned which, when: a PBT trial's last values are the end of a weight
+    schedule (best_config.yaml holds them as fixed weights)."""
+    from ecomtl.tune.pbt import read_exploits
+
+    moves = read_exploits(sweep_dir)
+    lines = [f"PBT: {len(moves)} exploit(s)" + (" (the population never changed hands)" if not moves else ":")]
+    lines += [f"  step {m['step']}: {m['trial_id']} <- {m['cloned']} ({AGGREGATE} {m.get(AGGREGATE) or float('nan'):.4f})" for m in moves]
+    return "\n".join(lines)
 
 
 OVERHEAD_KEYS = ("trial_wall_s", "train_s", "startup_s", "eval_s", "report_s", "teardown_s", "overhead_s")

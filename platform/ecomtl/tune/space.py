@@ -11,6 +11,7 @@ search space.
       time_budget_min: 25           # optional: no new trials after this, the running one stops
       single_task: false            # single-task runs of each head at the compute it got
       asha: {grace_steps: 50, reduction_factor: 2}     # null: no early stopping; grace default: eval_every
+      pbt: {perturbation_interval: 300}                # instead of Optuna + ASHA (asha: null; tune/pbt.py)
       space:
         weights: {dist: loguniform, low: 0.25, high: 4.0}   # every task's loss weight
         # weights: {dist: simplex}                          # or a normalised weight vector
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ecomtl.config.load import ConfigError, apply_overrides, config_from_dict, format_validation_error
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.evaluation import AGGREGATE, selected_tasks
+from ecomtl.tune.pbt import PbtConfig, check_pbt
 
 WEIGHTS = "weights"
 # Simplex weights are sampled as one raw uniform per task (Optuna sees independent
@@ -110,6 +112,8 @@ class TuneSection(_Strict):
                                 "trials (the top ones by the sampled aggregate that ran their whole budget, and the "
                                 "default) by their aggregate on the whole validation split, not by the sample")
     asha: Optional[AshaConfig] = AshaConfig()
+    pbt: Optional[PbtConfig] = Field(None, description="Population Based Training over the space instead of "
+                                     "Optuna + ASHA (tune/pbt.py); needs asha: null")
     space: dict[str, Dist]
 
     @model_validator(mode="after")
@@ -154,6 +158,8 @@ def parse_tune_section(cfg: ExperimentConfig) -> TuneSection:
                 raise ConfigError(f"tune.space.{key}: value {value!r} is not valid here:\n{err}") from None
     if WEIGHTS in section.space and any(k.startswith("tasks.") and k.endswith(".weight") for k in section.space):
         raise ConfigError("tune.space: give either 'weights' or per-task 'tasks.<name>.weight', not both")
+    if section.pbt and (reason := check_pbt(section.pbt, section, cfg)):
+        raise ConfigError(reason)
     if section.asha:
         if section.asha.grace_steps is None:
             section.asha.grace_steps = cfg.training.eval_every

@@ -90,6 +90,8 @@ def _search_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
     from ray.tune.search.optuna import OptunaSearch
 
     space = param_space(cfg, section)
+    if section.pbt:
+        return _pbt_tuner(cfg, section, trainable, name, storage, space)
     metrics, modes = objectives(cfg, section)
     single = section.mode == "single"
     import optuna
@@ -119,6 +121,30 @@ def _search_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: 
             num_samples=section.num_samples,
             time_budget_s=section.time_budget_min * 60 if section.time_budget_min else None,
             trial_dirname_creator=lambda t: t.trial_id,  # params would make very long names
+        ),
+        run_config=_run_config(name, storage),
+    )
+
+
+def _pbt_tuner(cfg: ExperimentConfig, section: TuneSection, trainable, name: str, storage: str, space: dict):
+    """PBT samples its population at random from the space (the default config first),
+    then exploits and explores on its own: no Optuna, no ASHA."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ecomtl.tune.pbt import scheduler
+
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=[default_point(cfg, space)] if section.include_default
+                                             else None, random_state=section.seed),
+            scheduler=scheduler(section.pbt, space, last_step=cfg.training.steps),
+            num_samples=section.num_samples,
+            max_concurrent_trials=max_concurrent(cfg, section),
+            time_budget_s=section.time_budget_min * 60 if section.time_budget_min else None,
+            trial_dirname_creator=lambda t: t.trial_id,
         ),
         run_config=_run_config(name, storage),
     )

@@ -106,9 +106,14 @@ def run_trial(params: dict, *, base: dict, refs: dict[str, Any], sizes: dict[str
         data_ref = refs["mtl"]
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
         update={"storage_path": f"{sweep_dir}/{RUNS_DIR}", "bundle_dir": None})})
-    trainer = build_trainer(cfg, data_ref, run_name=trial_id, callbacks=[TimedTuneReportCallback()])
+    pbt = (base.get("tune") or {}).get("pbt")
     try:
-        result = trainer.fit()
+        if pbt and not task:
+            from ecomtl.tune.pbt import PbtConfig, run_segments
+
+            run_segments(cfg, data_ref, trial_id, sweep_dir, PbtConfig.model_validate(pbt))
+            return
+        result = build_trainer(cfg, data_ref, run_name=trial_id, callbacks=[TimedTuneReportCallback()]).fit()
     finally:
         _log_timing(sweep_dir, trial_id, "end")
     if result.error:
