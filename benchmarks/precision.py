@@ -29,9 +29,8 @@ def weight_bytes(module: torch.nn.Module) -> int:
     ``parameters()``)."""
     total = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
     for m in module.modules():
-        packed = getattr(m, "_packed_params", None)
-        if packed is not None:
-            w, b = packed._weight_bias()
+        if getattr(m, "_packed_params", None) is not None:  # a dynamically quantised Linear
+            w, b = m._weight_bias()
             total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
     return total
 
