@@ -28,8 +28,10 @@ def weight_bytes(module: torch.nn.Module) -> int:
     """Parameters and buffers plus packed int8 weights (quantised Linear keeps them off
     ``parameters()``)."""
     total = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
     for m in module.modules():
-        if getattr(m, "_packed_params", None) is not None:  # a dynamically quantised Linear
+        if isinstance(m, DynamicInt8Linear):  # its packed weights are off parameters()
             w, b = m._weight_bias()
             total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
     return total
