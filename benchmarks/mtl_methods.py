@@ -48,21 +48,27 @@ def train_scores(cfg, name: str) -> tuple[dict[str, float], float]:
 
 
 class RunLog:
-    """Finished runs, one JSON line each, keyed by (method, seed, task-or-None)."""
+    """Finished runs, one JSON line each, keyed by (method, seed, task-or-None). Each line
+    carries the grid's ``settings`` (config, steps, tasks, overrides): a log written under
+    other settings is refused, never mixed into this table."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.settings = path, settings
         self.done = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 r = json.loads(line)
+                if r.get("settings") != settings:
+                    raise SystemExit(f"{path} holds runs of other settings ({r.get('settings')}, not {settings}): "
+                                     "use another --out")
                 self.done[(r["method"], r["seed"], r.get("task"))] = r
 
     def get_or_run(self, method: str, seed: int, task, run) -> dict:
         key = (method, seed, task)
         if key not in self.done:
             scores, rate = run()
-            self.done[key] = {"method": method, "seed": seed, "task": task, "scores": scores, "samples_per_s": rate}
+            self.done[key] = {"method": method, "seed": seed, "task": task, "scores": scores, "samples_per_s": rate,
+                              "settings": self.settings}
             with self.path.open("a") as f:
                 f.write(json.dumps(self.done[key]) + "\n")
         return self.done[key]
@@ -163,7 +169,8 @@ def main() -> None:
     if args.steps:
         base_overrides.append(f"training.steps={args.steps}")
     methods = [m.split("/") for m in args.methods.split(",")]
-    log = RunLog(out_dir / "runs.jsonl")
+    log = RunLog(out_dir / "runs.jsonl", {"config": str(Path(args.config).resolve()), "steps": args.steps,
+                                          "tasks": args.tasks, "overrides": args.overrides})
 
     def config(*overrides):
         cfg = load_config(args.config, base_overrides + list(overrides))
