@@ -88,11 +88,14 @@ def autocast(cfg):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg, False))
 
 
-def plain_loop(cfg, data, steps: int):
-    """The plain alternative: the same model and batches, torch AdamW, no Ray/DeepSpeed."""
+def plain_loop(cfg, data, steps: int, attention: str = ""):
+    """The plain alternative: the same model and batches, torch AdamW, no Ray/DeepSpeed;
+    the library's default attention kernel (sdpa) unless ``attention`` names one."""
     torch.set_num_threads(cfg.distributed.num_workers * cfg.distributed.cpus_per_worker)
     torch.manual_seed(0)
     model = build_model(cfg, data.label_infos, load_tokenizer(cfg.model)).train()
+    if attention:
+        model.backbone.set_attention(attention)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
 
     def forward_backward(b, specs, clock):
@@ -207,6 +210,10 @@ def compare(title: str, base, data, steps: int, plain_fn, plain_name: str, varia
     plain, ms, _ = plain_fn(base, data, steps)
     rows.append([plain_name, plain, 1.0, "-"])
     phases.append(breakdown(plain_name, ms))
+    if plain_fn is plain_loop:  # what the platform's CPU default (model.attention: auto → eager) is worth alone
+        rate, ms, _ = plain_loop(base, data, steps, attention="eager")
+        rows.append(["  same, eager attention", rate, rate / plain, "-"])
+        phases.append(breakdown("  same, eager attention", ms))
     if in_process:
         for skip, name in ((False, "DeepSpeed engine in-process"), (True, "  same, no world-1 all-reduce")):
             rate, ms, _ = in_process(base, data, steps, skip)

@@ -85,3 +85,36 @@ def test_a_converted_gguf_folder_saves_like_any_model(tmp_path):
     assert "quantization_config" not in json.loads(cfg_file.read_text())
     BACKBONES.get("decoder").pretrained(str(tmp_path / "cache")).save_pretrained(tmp_path / "out1")
     assert (tmp_path / "out1" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("kind_name", ["encoder", "decoder"])
+def test_attention_kernels_agree_in_value_and_gradient(kind_name):
+    """``model.attention``: eager and sdpa are the same function (only speed differs), with
+    padded rows in the batch; the switch is not written into a saved model."""
+    from ecomtl.backbones.base import training_attention
+
+    kind = BACKBONES.get(kind_name)
+    torch.manual_seed(0)
+    backbone = kind(kind.random(kind.Tiny().model_dump(), 100, 0.0), kind.poolings[0]).eval()
+    ids = torch.randint(3, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    mask[2, 2:] = 0
+
+    def run(kernel):
+        backbone.set_attention(kernel)
+        backbone.zero_grad()
+        out = pool(backbone.token_states(ids, mask), mask, backbone.pooling)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in backbone.parameters() if p.grad is not None]
+
+    (sdpa, g_sdpa), (eager, g_eager) = run("sdpa"), run("eager")
+    torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-5)
+    assert len(g_eager) == len(g_sdpa) > 0
+    for a, b in zip(g_eager, g_sdpa):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert backbone.config._attn_implementation == "eager"
+    assert "attn_implementation" not in backbone.config.to_json_string()
+    assert training_attention("auto", on_gpu=False) == "eager"
+    assert training_attention("auto", on_gpu=True) == "sdpa"
+    assert training_attention("sdpa", on_gpu=False) == "sdpa"

@@ -209,6 +209,10 @@ class ModelConfig(Strict):
                                       "backbone, with their pretrained weights (a smaller, faster student for "
                                       "`ecomtl distill`); default: all")
     dropout: float = Field(0.1, ge=0, lt=1)
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="the backbone's attention kernel while training: auto = eager on CPU (there "
+        "PyTorch's fused attention backward takes over half a MiniLM step; eager halves the step, "
+        "benchmarks/train_throughput.py), sdpa on GPU. Bundles always load with the library default")
     adapter: AdapterChoice = Field(default_factory=AdapterChoice)
     sharing: SharingChoice = Field(default_factory=SharingChoice)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ecomtl.backbones.base import training_attention
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
@@ -106,6 +107,7 @@ class TrainingRun:
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model, tokenizer_location(cfg))
         self.model = build_model(cfg, self.data.label_infos, self.tokenizer)
+        self.model.backbone.set_attention(training_attention(cfg.model.attention, self.on_gpu))
         # training.init_from: the bundle's tensors, on every rank before DeepSpeed partitions them
         self.l2sp = start_from(self.model, cfg, (lambda m: log.info(m)) if self.rank == 0 else None)
         optimizer = build_optimizer(self.model, cfg, self.on_gpu)
