@@ -1,6 +1,7 @@
 """Bounded loopback load test of the Serve app against in-process forward passes.
 
     flock /tmp/ecomtl-cpu.lock python benchmarks/serve_load.py            # MiniLM bundle, ~4 min
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=0 python benchmarks/serve_load.py      # Ray Serve's default mode
     python benchmarks/serve_load.py --bundle PATH --duration 10 --kill    # any bundle
 
 Rows (same model, same real review texts, same machine):
@@ -31,6 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from ecomtl.ray_env import serve_fast_path_defaults  # noqa: E402
+
+# as `ecomtl serve` runs it; RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment measures Ray's defaults
+SERVE_MODE = serve_fast_path_defaults()
 TASK = "rating"
 
 
@@ -241,7 +246,7 @@ def main(argv=None) -> int:
     texts = review_texts(2048)
     print(f"bundle {bundle}; task {TASK!r}; {len(texts)} real review texts "
           f"(mean {np.mean([len(t.split()) for t in texts]):.0f} words); {os.cpu_count()} CPUs; "
-          f"{a.duration:.0f} s per row", flush=True)
+          f"{a.duration:.0f} s per row; Ray Serve {SERVE_MODE}", flush=True)
 
     rows = []
     for per_call in (1, 32):

@@ -10,6 +10,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "jobs" / "configs"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Serve under test runs in the mode `ecomtl serve` and cluster.yaml ship (Ray Serve's
+# throughput mode), set before anything imports ray.serve or starts Ray.
+from ecomtl.ray_env import serve_fast_path_defaults  # noqa: E402
+
+serve_fast_path_defaults()
 
 
 def pytest_configure(config):

@@ -21,6 +21,24 @@ def runtime_env() -> dict:
     return {"py_modules": [str(PACKAGE_DIR)], "env_vars": env_vars}
 
 
+# Ray Serve's own high-throughput mode (Ray >= 2.55, "Enable High Throughput on Ray
+# Serve"): gRPC between replicas, user code and router on the replica's main event loop,
+# direct ingress. Measured with benchmarks/serve_load.py on 2 CPUs, same bundle, back to
+# back: per-request overhead at 1 client 19.3 → 14.6 ms p50, single-text requests at
+# 32 clients 36.3 → 48.0/s. Every Serve process reads it when it starts, so it is set
+# where Ray starts: here for a Ray that ecomtl starts, in cluster.yaml for a cluster.
+SERVE_FAST_PATH = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def serve_fast_path_defaults() -> dict:
+    """Turn Ray Serve's throughput mode on for a Ray started from this process, unless
+    the user set the variable (``RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` keeps Ray's
+    defaults); returns the values in effect."""
+    for key, value in SERVE_FAST_PATH.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in SERVE_FAST_PATH}
+
+
 def init_ray(**kwargs) -> None:
     """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local
     instance. Already connected (e.g. inside a job, or a test fixture): nothing to do."""

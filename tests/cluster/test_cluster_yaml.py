@@ -113,6 +113,16 @@ def test_every_ray_start_has_token_auth(raw):
     assert unauthenticated_starts(config) == []
 
 
+def test_every_ray_start_runs_serve_in_throughput_mode(raw):
+    """Serve's processes read the mode when they start, so every node's ``ray start``
+    carries it (the same mode ``ecomtl serve`` starts a local Ray in)."""
+    from ecomtl.ray_env import SERVE_FAST_PATH
+
+    starts = ray_starts(prepare_config(copy.deepcopy(raw)))
+    for key, value in SERVE_FAST_PATH.items():
+        assert all(re.search(rf"\bexport {key}={value};", cmd) for _, cmd in starts), key
+
+
 def test_every_node_gets_the_token_the_launcher_generated(raw, monkeypatch):
     """``file_mounts`` go to the head with ``ray up`` and from the head to every worker
     the autoscaler launches: one token on all nodes, the one ``ray get-auth-token

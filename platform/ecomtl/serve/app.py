@@ -66,12 +66,16 @@ def serve_bundle(args: Union[AppArgs, dict], host: str = "127.0.0.1", port: int 
     import ray
     from ray import serve
 
-    from ecomtl.ray_env import init_ray
+    from ecomtl.ray_env import init_ray, serve_fast_path_defaults
     from ecomtl.serve.sizing import describe, fit_to_machine
 
     args = dict(args.model_dump(exclude_unset=True) if isinstance(args, AppArgs) else args)
     build_app(args)  # validate and check the bundle before starting anything
     started_ray = not ray.is_initialized()
+    if started_ray and not os.environ.get("RAY_ADDRESS"):  # a cluster has its own setting (cluster.yaml)
+        mode = serve_fast_path_defaults()
+        log(f"ecomtl serve: Ray Serve throughput mode {mode} (set RAY_SERVE_THROUGHPUT_OPTIMIZED=0 for Ray's "
+            "defaults)", flush=True)
     init_ray()
     # after ray.init, which sets its own SIGTERM handler (sys.exit) on the driver
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does
