@@ -8,6 +8,7 @@ takes 16, so that a batch of 8 can form."""
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -87,33 +88,35 @@ def test_overload_sheds_with_503_retry_after(strict):
     assert call(strict, "/v1/tasks/stars", {"inputs": FULL}).status_code == 200  # and it answers meanwhile
 
 
-def outcomes(responses) -> list:
-    """Results or errors of calls sent together (all are in flight before the first wait)."""
-    out = []
-    for r in responses:
+def outcomes(deployment: str, send) -> list:
+    """Results or errors of calls sent together (all in flight before the first wait)
+    through a handle to ``deployment``. The handle lives inside an event loop: in Ray
+    Serve's throughput mode (the suite's) its router runs on the caller's loop, and a
+    synchronous ``handle.remote()`` fails with "no running event loop". Not Serve's
+    cached handle: that one would outlive this loop and fail at ``serve.shutdown``."""
+    from ray.serve.handle import DeploymentHandle
+
+    async def run():
+        handle = DeploymentHandle(deployment, "strict")
         try:
-            out.append(r.result(timeout_s=60))
-        except Exception as err:
-            out.append(err)
-    return out
+            return await asyncio.wait_for(asyncio.gather(*send(handle), return_exceptions=True), 60)
+        finally:
+            await handle.shutdown_async()
+
+    return asyncio.run(run())
 
 
 def test_a_bad_call_fails_alone_inside_a_head_batch(strict):
     """Eight calls that fill one batch, one of them with text no tokenizer encodes (sent
     past the HTTP validation, straight to the head): the seven others get predictions."""
-    from ray import serve
-
-    head = serve.get_deployment_handle("head_stars", app_name="strict")
     calls = [[(f"good {i}", None)] for i in range(7)] + [[("bad \ud800", None)]]
 
-    out = outcomes([head.predict.remote(c) for c in calls])
+    out = outcomes("head_stars", lambda head: [head.predict.remote(c) for c in calls])
     assert all(isinstance(o, list) and "value" in o[0] for o in out[:7]), out
     assert isinstance(out[7], Exception)
 
 
 def test_a_bad_call_fails_alone_inside_an_encoder_batch(strict, tiny_bundle):
-    from ray import serve
-
     from ecomtl.model.bundle import read_spec
     from ecomtl.model.predictor import Preprocessor
     from ecomtl.serve.deployments import load_tokenizer
@@ -125,8 +128,6 @@ def test_a_bad_call_fails_alone_inside_an_encoder_batch(strict, tiny_bundle):
     bad.input_ids = [[bad.input_ids[0][0], 10 ** 8, bad.input_ids[0][-1]]]  # no such token
     if bad.token_type_ids is not None:
         bad.token_type_ids = [[0, 0, 0]]
-    encoder = serve.get_deployment_handle("encoder", app_name="strict")
-
-    out = outcomes([encoder.remote(f, route, False) for f in good + [bad]])
+    out = outcomes("encoder", lambda encoder: [encoder.remote(f, route, False) for f in good + [bad]])
     assert not any(isinstance(o, Exception) for o in out[:7]), out
     assert isinstance(out[7], Exception)
