@@ -188,7 +188,8 @@ def main() -> None:
             rates.setdefault(name, []).append(done["samples_per_s"])
             print(f"[mtl] seed {seed} {name}: " + " ".join(f"{t} {v:.4f}" for t, v in done["scores"].items()),
                   flush=True)
-        cfg = config(f"training.seed={seed}")
+        # each head alone on the plain model (encoder + its head), whatever sharing the config names
+        cfg = config(f"training.seed={seed}", "model.sharing.kind=hard")
         tasks = list(cfg.tasks)
         results.setdefault(SINGLE, []).append(single_task_scores(cfg, seed, log))
         print(f"[mtl] seed {seed} {SINGLE}: " + " ".join(f"{t} {v:.4f}" for t, v in results[SINGLE][-1].items()),
