@@ -110,8 +110,9 @@ class Backbone(Plugin, nn.Module):
 
 
 def training_attention(choice: str, on_gpu: bool) -> str:
-    """``model.attention``: ``auto`` is eager on CPU, whose fused (flash) attention
-    backward is measured at 2-4x slower than eager's matmuls for MiniLM-sized heads."""
+    """``model.attention``: ``auto`` is eager on CPU. Without dropout PyTorch's fused CPU
+    attention makes a MiniLM step 1.7-2.2x slower than eager; with dropout (a usual
+    training step) they are within 10% (benchmarks/attention_kernels.py)."""
     if choice != "auto":
         return choice
     return "sdpa" if on_gpu else "eager"
