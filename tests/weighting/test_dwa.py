@@ -49,3 +49,14 @@ def test_state_survives_resume(make_weighting):
 def test_temperature_must_be_positive(make_cfg):
     with pytest.raises(ValueError, match="weighting.options.temperature"):
         make_cfg("dwa", temperature=0)
+
+
+def test_default_window_is_a_twentieth_of_the_run(make_weighting):
+    # a fixed 100-step window would leave every weight at 1 in a 200-step run
+    w = make_weighting("dwa")
+    assert w.window == max(1, w.cfg.training.steps // 20)
+    for step in range(3 * w.window):  # rating's loss halves each window, match's stays
+        feed(w, step, rating=2.0 ** -(step // w.window), match=1.0)
+    feed(w, 3 * w.window, rating=0.125, match=1.0)
+    weights = dict(zip(w.tasks, w.weights().tolist()))
+    assert weights["rating"] < weights["match"]

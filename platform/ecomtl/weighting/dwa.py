@@ -4,13 +4,15 @@ Attention", CVPR 2019 (section 3.3).
     w_t = K * softmax_t(r_t / T),   r_t = Lbar_t(previous window) / Lbar_t(window before)
 
 where Lbar is a task's mean loss over a window (the paper's epoch; here ``window`` optimizer
-steps, because runs here are counted in steps) and K the number of tasks. A task whose loss
+steps, because runs here are counted in steps; by default a twentieth of the run) and K the number of tasks. A task whose loss
 fell least gets the most weight. Until a task has two finished windows its ratio is 1.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Optional
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecomtl.weighting.base import WEIGHTINGS, Weighting
@@ -19,7 +21,10 @@ from ecomtl.weighting.base import WEIGHTINGS, Weighting
 class DWAOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(2.0, gt=0, description="softmax temperature T (the paper's 2; larger: more even)")
-    window: int = Field(100, ge=1, description="optimizer steps per averaging window (the paper's epoch)")
+    window: Optional[int] = Field(
+        None, ge=1, description="optimizer steps per averaging window (the paper's epoch); None = "
+        "training.steps / 20, so weights move about twenty times in any run (a fixed window longer "
+        "than half the run would leave every weight at 1)")
 
 
 @WEIGHTINGS.register("dwa")
@@ -36,6 +41,7 @@ class DWAWeighting(Weighting):
         self.last = torch.zeros(k)  # mean of the previous window; 0 = none yet
         self.before = torch.zeros(k)  # mean of the window before that
         self.window_index = torch.zeros(1)  # a tensor so that state_dict and sync cover it
+        self.window = self.options.window or max(1, cfg.training.steps // 20)
 
     def _roll(self, window: int) -> None:
         seen = self.counts > 0  # a task absent all window keeps its history
@@ -52,7 +58,7 @@ class DWAWeighting(Weighting):
         return len(self.tasks) * torch.softmax(ratio / self.options.temperature, dim=0)
 
     def combine(self, losses, step):
-        window = step // self.options.window
+        window = step // self.window
         if window > int(self.window_index.item()):
             self._roll(window)
         idx = self.index(losses)
