@@ -210,7 +210,7 @@ def main() -> None:
     print("\ndelta to single-task (mean)")
     print(table(deltas, ["method"] + tasks + ["no head below single-task beyond spread"]))
     print("\ncost per step (training samples/s; same sampling, so the inverse ratio is the cost)")
-    print(table([[m, statistics.mean(r), *cost_against_static(rates, m)] for m in rates],
+    print(table([[m, statistics.mean(rates[m]), *cost_against_static(rates, m)] for m in rates],
                 ["method", "samples/s", "cost x static/hard", "cost x static, same sharing"]))
     plot(stats, tasks, out_dir / "mtl_methods.png")
     (out_dir / "mtl_methods.json").write_text(json.dumps({"results": results, "samples_per_s": rates}, indent=1))
