@@ -34,3 +34,24 @@ def test_sync_without_torch_distributed_is_a_no_op(make_weighting):
     w.weights[0] = 1.5
     w.sync()
     assert w.weights[0].item() == 1.5
+
+
+@pytest.mark.parametrize("kind", ["pcgrad", "gradnorm", "cagrad", "nashmtl"])
+def test_a_lone_task_step_matches_its_combined_gradient(make_weighting, kind):
+    """A step that carries one task skips the per-task backward where the method knows
+    the factor: the gradient must be what combining that one gradient would give."""
+    w = make_weighting(kind)
+    if kind == "gradnorm":
+        w.weights[w.tasks.index("rating")] = 0.7  # a weight left by earlier multi-task steps
+    shared = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+    loss = {"rating": (shared ** 2).sum() * 0.3 + shared[0]}
+    (g,) = torch.autograd.grad(loss["rating"], [shared], retain_graph=True)
+    expected = w.combine_gradients({"rating": [g]}, {"rating": loss["rating"].detach()})[0]
+    fresh = make_weighting(kind)
+    if kind == "gradnorm":
+        fresh.weights[fresh.tasks.index("rating")] = 0.7
+    fresh.backward_loss(loss, [shared]).backward()
+    assert shared.grad == pytest.approx(expected, rel=1e-4)
+    assert (fresh.single_task_scale("rating", loss["rating"]) is None) == (kind == "nashmtl")
+    if kind == "gradnorm":  # the lone step still records the task's first loss, L(0)
+        assert fresh.initial_losses.tolist() == pytest.approx(w.initial_losses.tolist())

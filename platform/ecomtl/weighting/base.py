@@ -22,7 +22,7 @@ lists, since the loop writes it into trainer_state.json) and averaged across ran
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 import torch
 
@@ -140,6 +140,13 @@ class Weighting(Plugin):
         """One gradient per shared parameter from each task's (same-shaped) gradients."""
         raise NotImplementedError
 
+    def single_task_scale(self, task: str, loss: torch.Tensor) -> Optional[float]:
+        """``combine_gradients`` of one task's gradient g alone, when it is a known multiple
+        of g (then a step that carries only that task needs no per-task gradient: its
+        loss times this factor has that gradient); None = compute it. With one source per
+        step, every step of a single-head source is such a step."""
+        return None
+
     def backward_loss(self, losses: dict[str, torch.Tensor], shared: list[torch.Tensor],
                       outputs=None) -> torch.Tensor:
         """A loss whose gradient over ``shared`` is ``combine_gradients`` of the per-task
@@ -153,6 +160,11 @@ class Weighting(Plugin):
         from it. DeepSpeed >= 0.18 hooks those tensors to start its backward bookkeeping
         (and scale by accumulation steps) on the first gradient through them; the per-task
         gradients must not trigger that, only the later ``engine.backward``."""
+        if len(losses) == 1:  # nothing to combine: skip the per-task backward (half the step's backward cost)
+            (task, loss), = losses.items()
+            scale = self.single_task_scale(task, loss)
+            if scale is not None:
+                return loss * scale
         shared = [p for p in shared if p.requires_grad]
         task_grads = {}
         with engine_hooks_suspended(outputs):

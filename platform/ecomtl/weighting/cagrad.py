@@ -31,6 +31,11 @@ class CAGradWeighting(Weighting):
     needs_full_gradients = True
     owns_backward = True
 
+    def single_task_scale(self, task, loss):
+        # one task: g0 = g_w = g, so d = g + c |g| g / |g| = (1 + c) g, then / (1 + c^2)
+        c = self.options.c
+        return (1 + c) / (1 + c ** 2)
+
     def combine_gradients(self, task_grads, losses):
         from scipy.optimize import minimize
 

@@ -40,6 +40,14 @@ class GradNormWeighting(Weighting):
         self.weights = torch.ones(len(self.tasks))
         self.initial_losses = torch.zeros(len(self.tasks))  # L_i(0); 0 = task not seen yet
 
+    def single_task_scale(self, task, loss):
+        # one task's weight is its own, and renormalising a subset of one leaves it unchanged;
+        # its first loss is still its L(0) (local here: sync() averages it across ranks)
+        i = self.tasks.index(task)
+        if self.initial_losses[i] == 0:
+            self.initial_losses[i] = loss.detach().float().cpu()
+        return float(self.weights[i])
+
     def combine_gradients(self, task_grads, losses):
         idx = self.index(task_grads)
         grads = stack_flat(task_grads)

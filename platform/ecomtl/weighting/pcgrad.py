@@ -34,6 +34,9 @@ class PCGradWeighting(Weighting):
         # The random order must be the same on every rank: a generator seeded from the run.
         self.generator = torch.Generator().manual_seed(cfg.training.seed)
 
+    def single_task_scale(self, task, loss):
+        return 1.0  # nothing to project against: sum and mean of one gradient are that gradient
+
     def combine_gradients(self, task_grads, losses):
         grads = stack_flat(task_grads)
         projected = grads.clone()
