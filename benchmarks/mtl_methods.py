@@ -140,7 +140,7 @@ def plot(stats: dict, tasks: list[str], path: Path) -> None:
     delta = np.array([[stats[m][t][0] - stats[SINGLE][t][0] for m in methods] for t in tasks])
     lim = max(1e-3, float(np.abs(delta).max()))
     fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 0.6 * len(tasks) + 1.5))
-    im = ax.imshow(delta, cmap="RdBu", vmin=-lim, vmax=lim)
+    im = ax.imshow(delta, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")  # fill the figure, not square cells
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     ax.set_yticks(range(len(tasks)), tasks)
     for i in range(len(tasks)):
