@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from ecomtl.ray_env import serve_fast_path_defaults  # noqa: E402
 
 serve_fast_path_defaults()
+# Throughput mode's direct ingress keeps a stopping ingress replica draining for at least
+# 30 s so that an external load balancer can deregister it (production keeps that). Tests
+# talk to Serve on loopback with no such balancer, and each serve.delete waited out those
+# 30 s (measured: 31.1 s against 3.0 s per app deleted).
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
 
 
 def pytest_configure(config):
