@@ -40,6 +40,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, avoid: range = range(0)) -> list[int]:
+    """``n`` distinct free ports outside ``avoid``: every socket stays bound until all are
+    picked, since the OS may hand the same ephemeral port to two calls in a row (ray start
+    then refused it: "port ... is used by other components")."""
+    held, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port_range(width: int = 40) -> tuple[int, int]:
     """``width`` consecutive free ports (for a node's worker processes)."""
     for _ in range(200):
@@ -90,7 +109,7 @@ class LocalCluster:
         self.token = secrets.token_hex(32)
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = root or f"/tmp/ecomtl-rc-{uuid.uuid4().hex[:6]}"
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port = free_ports(2)
         self.nodes: list[Node] = []
         self.head_cpus = head_cpus
 
@@ -115,11 +134,13 @@ class LocalCluster:
     # -- nodes -----------------------------------------------------------------------
     def _start(self, args: list[str], name: str, wait_for: str, temp_dir: Optional[str] = None) -> Node:
         lo, hi = free_port_range()
+        taken = {self.port, self.dashboard_port}
+        ports = [p for p in free_ports(6 + len(taken), avoid=range(lo, hi + 1)) if p not in taken][:6]
         cmd = [RAY_BIN, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-               "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+               "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
                "--min-worker-port", str(lo), "--max-worker-port", str(hi),
-               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-               "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+               "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
+               "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5]),
                "--object-store-memory", str(300 * 1024**2), "--temp-dir", temp_dir or self.temp_dir, *args]
         log = Path(f"{self.temp_dir}-{name}.log")
         proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=self.env(),
