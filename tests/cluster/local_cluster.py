@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import psutil
 
@@ -34,13 +34,7 @@ RAY_BIN = str(Path(sys.executable).with_name("ray"))
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int, avoid: range = range(0)) -> list[int]:
+def free_ports(n: int, avoid: Collection[int] = ()) -> list[int]:
     """``n`` distinct free ports outside ``avoid``: every socket stays bound until all are
     picked, since the OS may hand the same ephemeral port to two calls in a row (ray start
     then refused it: "port ... is used by other components")."""
@@ -109,7 +103,8 @@ class LocalCluster:
         self.token = secrets.token_hex(32)
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = root or f"/tmp/ecomtl-rc-{uuid.uuid4().hex[:6]}"
-        self.port, self.dashboard_port = free_ports(2)
+        # the head's fixed ports, picked together so that no two are the same
+        self.port, self.dashboard_port, self.client_port = free_ports(3)
         self.nodes: list[Node] = []
         self.head_cpus = head_cpus
 
@@ -134,8 +129,7 @@ class LocalCluster:
     # -- nodes -----------------------------------------------------------------------
     def _start(self, args: list[str], name: str, wait_for: str, temp_dir: Optional[str] = None) -> Node:
         lo, hi = free_port_range()
-        taken = {self.port, self.dashboard_port}
-        ports = [p for p in free_ports(6 + len(taken), avoid=range(lo, hi + 1)) if p not in taken][:6]
+        ports = free_ports(6, avoid={*range(lo, hi + 1), self.port, self.dashboard_port, self.client_port})
         cmd = [RAY_BIN, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
                "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
                "--min-worker-port", str(lo), "--max-worker-port", str(hi),
@@ -159,7 +153,7 @@ class LocalCluster:
         return self._start(["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus),
                             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                             "--dashboard-port", str(self.dashboard_port),
-                            "--ray-client-server-port", str(free_port())], "head", "block forever")
+                            "--ray-client-server-port", str(self.client_port)], "head", "block forever")
 
     def add_node(self, num_cpus: int = 1, resources: str = "{}") -> Node:
         """Its own temp dir, as on a separate machine: nodes sharing one would share the

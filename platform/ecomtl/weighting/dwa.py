@@ -4,15 +4,16 @@ Attention", CVPR 2019 (section 3.3).
     w_t = K * softmax_t(r_t / T),   r_t = Lbar_t(previous window) / Lbar_t(window before)
 
 where Lbar is a task's mean loss over a window (the paper's epoch; here ``window`` optimizer
-steps, because runs here are counted in steps; by default a twentieth of the run) and K the number of tasks. A task whose loss
-fell least gets the most weight. Until a task has two finished windows its ratio is 1.
+steps, because runs here are counted in steps; by default a twentieth of the run) and K the
+number of tasks. A task whose loss fell least gets the most weight. Until a task has two
+finished windows its ratio is 1.
 """
 
 from __future__ import annotations
 
-import torch
 from typing import Optional
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecomtl.weighting.base import WEIGHTINGS, Weighting
