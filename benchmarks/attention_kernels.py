@@ -48,15 +48,21 @@ def step_ms(model, rows: int, tokens: int, steps: int, bf16: bool) -> tuple[floa
     return 1e3 * fwd / steps, 1e3 * bwd / steps
 
 
-def main() -> None:
-    from transformers import AutoModel
-
+def setup() -> tuple[argparse.Namespace, bool]:
+    """``--threads``/``--steps`` parsed and applied; whether bf16 autocast is on (as the
+    training loop decides it). Shared with benchmarks/step_costs.py."""
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=8)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    bf16 = cpu_supports_bf16()
+    return a, cpu_supports_bf16()
+
+
+def main() -> None:
+    from transformers import AutoModel
+
+    a, bf16 = setup()
     model = AutoModel.from_pretrained(minilm())
     rows = []
     for dropout in (True, False):

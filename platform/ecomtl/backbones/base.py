@@ -109,6 +109,19 @@ class Backbone(Plugin, nn.Module):
         return {f"model.{k}" for k in keys}
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of a Hugging Face model at ``p`` (``model.backbone_dropout``): its
+    ``nn.Dropout`` modules, and the float rates that attention kernels read themselves
+    (``attention_dropout`` in Llama-style attention). Applied before adapters are
+    injected, so LoRA's own dropout keeps its setting. The saved config is not changed:
+    dropout only acts in training, so a bundle's outputs are the same either way."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 def training_attention(choice: str, on_gpu: bool) -> str:
     """``model.attention``: ``auto`` is eager on CPU. Without dropout PyTorch's fused CPU
     attention makes a MiniLM step 1.7-2.2x slower than eager; with dropout (a usual

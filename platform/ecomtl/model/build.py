@@ -7,6 +7,7 @@ from typing import Optional
 
 from ecomtl.adapters import ADAPTERS
 from ecomtl.backbones import BACKBONES
+from ecomtl.backbones.base import set_dropout
 from ecomtl.backbones.packaged import resolve
 from ecomtl.config.schema import ExperimentConfig, ModelConfig
 from ecomtl.model.multitask import MultiTaskModel
@@ -36,6 +37,8 @@ def build_model(cfg: ExperimentConfig, label_infos: dict, tokenizer, location: O
         hf = kind.pretrained(resolve(m.pretrained))
     if m.num_layers is not None:  # a smaller student: the first N pretrained layers
         hf = kind.keep_layers(hf, m.num_layers)
+    if m.backbone_dropout is not None:
+        set_dropout(hf, m.backbone_dropout)
     tasks = list(cfg.tasks)
     adapter = ADAPTERS.get(m.adapter.kind)(m.adapter.options)
     adapter.attach(hf, tasks)

@@ -38,7 +38,9 @@ def build_optimizer(model, cfg: ExperimentConfig, on_gpu: bool):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=on_gpu or None)
+    # fused on CPU too: torch's default (foreach) AdamW took 87 ms of a 374 ms MiniLM step on
+    # 2 cores, the fused kernel 17 ms, same update (benchmarks/step_costs.py)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=True)
 
 
 def lr_lambda(cfg: ExperimentConfig):
