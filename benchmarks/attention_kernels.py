@@ -29,12 +29,15 @@ from ecomtl.train.deepspeed_config import cpu_supports_bf16  # noqa: E402
 SHAPES = {"reviews": (16, 110), "titles": (48, 30), "offer pairs": (18, 128)}  # rows, tokens
 
 
-def step_ms(model, rows: int, tokens: int, steps: int, bf16: bool) -> tuple[float, float]:
+def step_ms(model, rows: int, tokens: int, steps: int, bf16: bool, optimizer=None) -> tuple[float, float, float]:
+    """Mean forward, backward and optimizer ms over ``steps`` after two warm-up steps
+    (without an ``optimizer`` the gradients are only cleared and its phase is 0).
+    Shared with benchmarks/step_costs.py."""
     torch.manual_seed(0)
     ids = torch.randint(1000, 20000, (rows, tokens))
     mask = torch.ones_like(ids)
     mask[:, -tokens // 4:] = 0
-    fwd = bwd = 0.0
+    total = [0.0, 0.0, 0.0]
     for i in range(steps + 2):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -42,10 +45,16 @@ def step_ms(model, rows: int, tokens: int, steps: int, bf16: bool) -> tuple[floa
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        model.zero_grad()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad()
+        t3 = time.perf_counter()
         if i >= 2:
-            fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
-    return 1e3 * fwd / steps, 1e3 * bwd / steps
+            for k, dt in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+                total[k] += dt
+    return tuple(1e3 * t / steps for t in total)
 
 
 def setup() -> tuple[argparse.Namespace, bool]:
@@ -72,7 +81,7 @@ def main() -> None:
             for kernel in ("sdpa", "eager"):
                 model.set_attn_implementation(kernel)
                 times[kernel] = step_ms(model, n, length, a.steps, bf16)
-            (sf, sb), (ef, eb) = times["sdpa"], times["eager"]
+            (sf, sb, _), (ef, eb, _) = times["sdpa"], times["eager"]
             rows.append([f"{name} ({n} x {length})", "on" if dropout else "off", f"{sf:.0f}", f"{sb:.0f}",
                          f"{ef:.0f}", f"{eb:.0f}", f"{(sf + sb) / (ef + eb):.2f}x"])
     print(f"MiniLM-L6, {a.threads} threads, bf16 autocast {bf16}, {a.steps} timed steps")

@@ -13,41 +13,19 @@ first row of its batch (dropout 0.1, foreach AdamW: the platform before this cha
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from attention_kernels import SHAPES, setup  # noqa: E402  (the demo's batch shapes, same arguments)
+from attention_kernels import SHAPES, setup, step_ms  # noqa: E402  (the demo's batch shapes, same loop)
 
 from ecomtl.backbones.base import set_dropout  # noqa: E402
 from ecomtl.backbones.packaged import minilm  # noqa: E402
 from ecomtl.report import table  # noqa: E402
+
 VARIANTS = [(0.1, False), (0.1, True), (0.0, False), (0.0, True)]  # backbone dropout, fused AdamW
-
-
-def phase_ms(model, optimizer, rows: int, tokens: int, steps: int, bf16: bool) -> tuple[float, float, float]:
-    torch.manual_seed(0)
-    ids = torch.randint(1000, 20000, (rows, tokens))
-    mask = torch.ones_like(ids)
-    mask[:, -tokens // 4:] = 0
-    total = [0.0, 0.0, 0.0]
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, attention_mask=mask).last_hidden_state.mean(1).float().pow(2).sum()
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        if i >= 2:
-            for k, dt in enumerate((t1 - t0, t2 - t1, t3 - t2)):
-                total[k] += dt
-    return tuple(1e3 * t / steps for t in total)
 
 
 def main() -> None:
@@ -61,7 +39,7 @@ def main() -> None:
             model = AutoModel.from_pretrained(minilm(), attn_implementation="eager").train()
             set_dropout(model, dropout)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
-            fwd, bwd, opt = phase_ms(model, optimizer, n, length, a.steps, bf16)
+            fwd, bwd, opt = step_ms(model, n, length, a.steps, bf16, optimizer)
             step = fwd + bwd + opt
             base = base or step
             rows.append([f"{name} ({n} x {length})", f"{dropout:g}", "fused" if fused else "foreach",

@@ -211,8 +211,9 @@ class ModelConfig(Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     backbone_dropout: Optional[float] = Field(
         None, ge=0, lt=1, description="the backbone's own dropout (hidden and attention) while training; default: "
-        "what its pretrained config says (0.1 for MiniLM). 0 makes a MiniLM step on CPU about 1.4x faster: the random "
-        "masks are ~40% of a step there (benchmarks/step_costs.py); `dropout` above is the heads' and tiny models'")
+        "what its pretrained config says (0.1 for MiniLM). 0 makes a MiniLM step on 2 CPU cores 1.3-1.9x faster "
+        "(drawing the random masks is most of the forward pass there: benchmarks/step_costs.py); `dropout` above "
+        "is the heads' and tiny models'")
     attention: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="the backbone's attention kernel while training: auto = eager on CPU, sdpa on GPU. "
         "On CPU without dropout PyTorch's fused attention backward is 1.7-2.2x slower than eager's; with "

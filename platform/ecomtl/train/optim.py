@@ -38,8 +38,8 @@ def build_optimizer(model, cfg: ExperimentConfig, on_gpu: bool):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, adamw_mode=True)
-    # fused on CPU too: torch's default (foreach) AdamW took 87 ms of a 374 ms MiniLM step on
-    # 2 cores, the fused kernel 17 ms, same update (benchmarks/step_costs.py)
+    # fused on CPU too: torch's default (foreach) AdamW took 82-88 ms of a MiniLM step on 2
+    # cores, the fused kernel 17-19 ms, same update (benchmarks/step_costs.py)
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=True)
 
 
