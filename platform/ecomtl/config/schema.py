@@ -127,6 +127,9 @@ class TaskConfig(Strict):
                                   "selected on (see `ecomtl plugins`); default: the head's default_metric")
     score_weight: float = Field(1.0, ge=0, description="the task's weight in the aggregate (model selection, early "
                                 "stopping, the sweep); 0 reports the task without selecting on it")
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="this head's dropout while training; default: "
+                                     "`model.dropout`. A head over a small source can take more than the others "
+                                     "without costing them the regulariser's noise (README \"The demo's numbers\")")
 
     @field_validator("head")
     @classmethod

@@ -57,7 +57,9 @@ def build_heads(cfg: ExperimentConfig, label_infos: dict, hidden_size: int, rout
 
 def _heads_and_sharing(cfg: ExperimentConfig, label_infos: dict, hidden: int):
     m = cfg.model
-    heads = {t: TASK_HEADS.get(tc.head)(hidden, label_infos[t], m.dropout, tc.options) for t, tc in cfg.tasks.items()}
+    heads = {t: TASK_HEADS.get(tc.head)(hidden, label_infos[t], m.dropout if tc.dropout is None else tc.dropout,
+                                         tc.options)
+             for t, tc in cfg.tasks.items()}
     for t, head in heads.items():
         head.task_name = t
     token_tasks = [t for t, h in heads.items() if h.level == "token"]  # soft sharing mixes only their tokens
