@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ecomtl.config.load import ConfigError, load_config
+from ecomtl.backbones.base import SourceDropout
 from ecomtl.model.build import build_model, load_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
@@ -59,3 +60,36 @@ def test_decoder_attention_rate_is_set_and_lora_dropout_kept(data_root, decoder_
 def test_rate_is_bounded(data_root):
     with pytest.raises(ConfigError, match="model.backbone_dropout"):
         load_config(CONFIGS / "tiny.yaml", [f"data_root={data_root}", "model.backbone_dropout=1.5"])
+
+
+def test_source_rate_moves_only_the_backbone_and_comes_back(data_root, decoder_tokenizer_dir):
+    """``sources.<s>.backbone_dropout``: the backbone's rates (attention floats included)
+    switch for that source's batches and return for the others; LoRA's and the heads'
+    stay put."""
+    cfg = load_config(CONFIGS / "tiny.yaml", [
+        f"data_root={data_root}", "model.backbone=decoder", f"model.pretrained={decoder_tokenizer_dir}",
+        "model.tiny={family: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
+        "num_key_value_heads: 2, intermediate_size: 64}", "model.dropout=0.2", "model.backbone_dropout=0.0",
+        "sources.queries.backbone_dropout=0.15",
+        "model.adapter.kind=lora", "model.adapter.options={r: 4, alpha: 8, dropout: 0.3}"])
+    model = build_model(cfg, INFOS, load_tokenizer(cfg.model))
+    switch = SourceDropout(model.backbone_dropouts, {s: src.backbone_dropout for s, src in cfg.sources.items()})
+
+    def backbone_rates():
+        return ({m.p for n, m in model.backbone.named_modules() if isinstance(m, nn.Dropout) and "lora" not in n}
+                | {m.attention_dropout for m in model.backbone.modules()
+                   if isinstance(getattr(m, "attention_dropout", None), float)})
+
+    lora = {m.p for n, m in model.backbone.named_modules() if isinstance(m, nn.Dropout) and "lora" in n}
+    assert backbone_rates() == {0.0} and lora == {0.3}
+    switch.before("queries")
+    assert backbone_rates() == {0.15}
+    assert {m.p for n, m in model.backbone.named_modules() if isinstance(m, nn.Dropout) and "lora" in n} == {0.3}
+    assert set(_rates(model.heads)) == {0.2}
+    switch.before("reviews")
+    assert backbone_rates() == {0.0}
+
+
+def test_source_rate_is_bounded(data_root):
+    with pytest.raises(ConfigError, match="sources.queries.backbone_dropout"):
+        load_config(CONFIGS / "tiny.yaml", [f"data_root={data_root}", "sources.queries.backbone_dropout=-0.1"])

@@ -109,17 +109,45 @@ class Backbone(Plugin, nn.Module):
         return {f"model.{k}" for k in keys}
 
 
-def set_dropout(model: nn.Module, p: float) -> None:
-    """Every dropout of a Hugging Face model at ``p`` (``model.backbone_dropout``): its
+def backbone_dropouts(model: nn.Module) -> list[tuple[nn.Module, str, float]]:
+    """(module, attribute, rate) of every dropout of a Hugging Face model: its
     ``nn.Dropout`` modules, and the float rates that attention kernels read themselves
-    (``attention_dropout`` in Llama-style attention). Applied before adapters are
-    injected, so LoRA's own dropout keeps its setting. The saved config is not changed:
-    dropout only acts in training, so a bundle's outputs are the same either way."""
+    (``attention_dropout`` in Llama-style attention)."""
+    out = []
     for module in model.modules():
         if isinstance(module, nn.Dropout):
-            module.p = p
+            out.append((module, "p", module.p))
         elif isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
+            out.append((module, "attention_dropout", module.attention_dropout))
+    return out
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of a Hugging Face model at ``p`` (``model.backbone_dropout``).
+    Applied before adapters are injected, so LoRA's own dropout keeps its setting. The
+    saved config is not changed: dropout only acts in training, so a bundle's outputs are
+    the same either way."""
+    for module, attr, _ in backbone_dropouts(model):
+        setattr(module, attr, p)
+
+
+class SourceDropout:
+    """``sources.<s>.backbone_dropout``: the backbone's dropouts at a source's own rate
+    while the loop trains on that source's batches, and back to the model's rate for the
+    others. Only the rates captured at build time (before adapters) move; setting them is
+    a loop over ~40 modules, done only when the rate changes."""
+
+    def __init__(self, dropouts: list[tuple[nn.Module, str, float]], by_source: dict[str, Optional[float]]):
+        self.dropouts, self.by_source = dropouts, by_source
+        self.current: Optional[float] = None  # None: the rates as built
+
+    def before(self, source: str) -> None:
+        p = self.by_source.get(source)
+        if p == self.current:
+            return
+        for module, attr, built in self.dropouts:
+            setattr(module, attr, built if p is None else p)
+        self.current = p
 
 
 def training_attention(choice: str, on_gpu: bool) -> str:

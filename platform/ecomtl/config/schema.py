@@ -42,6 +42,10 @@ class SourceConfig(Strict):
     # micro-batch for them keeps the cost of a step even across sources.
     batch_size: Optional[int] = Field(None, ge=1, description="micro-batch per worker for this source "
                                       "(default training.batch_size)")
+    backbone_dropout: Optional[float] = Field(
+        None, ge=0, lt=1, description="the backbone's dropout while training on this source's batches; default: "
+        "`model.backbone_dropout`. Keeps the regulariser for a small source (a few epochs of it) when the "
+        "others train without it for speed (README \"The demo's numbers\")")
     prompt: Optional[str] = Field(None, description="a template over the source's text, '{text}' marking where it "
                                   "goes (e.g. 'Product: {text}\\nCategory path:'): decoder prompts; serving applies it too")
     # Ranking reads candidates of one query together: rows sharing a value of ``group``

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ecomtl.adapters import ADAPTERS
 from ecomtl.backbones import BACKBONES
-from ecomtl.backbones.base import set_dropout
+from ecomtl.backbones.base import backbone_dropouts, set_dropout
 from ecomtl.backbones.packaged import resolve
 from ecomtl.config.schema import ExperimentConfig, ModelConfig
 from ecomtl.model.multitask import MultiTaskModel
@@ -39,6 +39,7 @@ def build_model(cfg: ExperimentConfig, label_infos: dict, tokenizer, location: O
         hf = kind.keep_layers(hf, m.num_layers)
     if m.backbone_dropout is not None:
         set_dropout(hf, m.backbone_dropout)
+    dropouts = backbone_dropouts(hf)  # the backbone's own, before an adapter adds its
     tasks = list(cfg.tasks)
     adapter = ADAPTERS.get(m.adapter.kind)(m.adapter.options)
     adapter.attach(hf, tasks)
@@ -47,7 +48,9 @@ def build_model(cfg: ExperimentConfig, label_infos: dict, tokenizer, location: O
     heads, sharing = _heads_and_sharing(cfg, label_infos, backbone.hidden_size)
     for t, head in heads.items():
         head.attach(backbone, tokenizer, routes[t])
-    return MultiTaskModel(backbone, heads, sharing, routes)
+    model = MultiTaskModel(backbone, heads, sharing, routes)
+    model.backbone_dropouts = dropouts  # sources.<s>.backbone_dropout moves these (train/loop.py)
+    return model
 
 
 def build_heads(cfg: ExperimentConfig, label_infos: dict, hidden_size: int, routes: dict) -> MultiTaskModel:

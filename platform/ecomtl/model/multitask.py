@@ -51,6 +51,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         self.routes = dict(routes)  # task → adapter route
         self._adapter_layers = [] if backbone is None else adapter_layers(backbone)
+        self.backbone_dropouts: list = []  # (module, attribute, rate) as built: model/build.py
 
     def routes_of(self, tasks: list[str]) -> dict[str, list[str]]:
         """route → its tasks, in first-seen order (one backbone pass per route)."""

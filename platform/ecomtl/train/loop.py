@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecomtl.backbones.base import training_attention
+from ecomtl.backbones.base import SourceDropout, training_attention
 from ecomtl.config.schema import ExperimentConfig
 from ecomtl.data.collate import collate
 from ecomtl.data.prepare import PreparedData
@@ -122,6 +122,8 @@ class TrainingRun:
             # a 726 ms MiniLM step (benchmarks/train_throughput.py, "in-process" row).
             self.engine.enable_backward_allreduce = False
         self.autocast = torch.bfloat16 if use_bf16(cfg, self.on_gpu) else None
+        self.source_dropout = SourceDropout(self.model.backbone_dropouts,
+                                            {s: src.backbone_dropout for s, src in cfg.sources.items()})
         self.weighting = WEIGHTINGS.get(cfg.weighting.kind)(cfg)
         # Gradient-level weightings combine per-task gradients of what the tasks share.
         self.shared_params = [p for name, p in self.model.named_parameters()
@@ -162,6 +164,7 @@ class TrainingRun:
                 for source in sources:
                     batch, real = self.next_batch(source)
                     state["source_batches"][source] += 1
+                    self.source_dropout.before(source)
                     tasks = self.by_source[source]
                     # counted on the host before the copy: reading them off a GPU would sync
                     mask = batch["attention_mask"]
