@@ -169,6 +169,8 @@ def main() -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--tasks", help="comma-separated subset of the config's tasks (default: all)")
     p.add_argument("--out", default="/tmp/ecomtl_mtl")
+    p.add_argument("--costs-only", action="store_true", help="no single-task runs: the scores and the cost per "
+                   "step of the methods only (re-measuring costs after a change to the step)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out_dir = Path(args.out)
@@ -196,6 +198,8 @@ def main() -> None:
             rates.setdefault(name, []).append(done["samples_per_s"])
             print(f"[mtl] seed {seed} {name}: " + " ".join(f"{t} {v:.4f}" for t, v in done["scores"].items()),
                   flush=True)
+        if args.costs_only:
+            continue
         # each head alone on the plain model (encoder + its head), whatever sharing the config names
         cfg = config(f"training.seed={seed}", "model.sharing.kind=hard")
         tasks = list(cfg.tasks)
@@ -205,16 +209,18 @@ def main() -> None:
     rows, stats = summarise(results, tasks)
     print(f"\nfull validation split, mean ± std over {args.seeds} seed(s)")
     print(table(rows, ["method"] + tasks))
-    deltas = [[m] + [f"{stats[m][t][0] - stats[SINGLE][t][0]:+.4f}" for t in tasks] +
-              ["yes" if holds_up(stats, m, tasks) else "no"] for m in stats if m != SINGLE]
-    print("\ndelta to single-task (mean)")
-    print(table(deltas, ["method"] + tasks + ["no head below single-task beyond spread"]))
+    if SINGLE in stats:
+        deltas = [[m] + [f"{stats[m][t][0] - stats[SINGLE][t][0]:+.4f}" for t in tasks] +
+                  ["yes" if holds_up(stats, m, tasks) else "no"] for m in stats if m != SINGLE]
+        print("\ndelta to single-task (mean)")
+        print(table(deltas, ["method"] + tasks + ["no head below single-task beyond spread"]))
     print("\ncost per step (training samples/s; same sampling, so the inverse ratio is the cost)")
     print(table([[m, statistics.mean(rates[m]), *cost_against_static(rates, m)] for m in rates],
                 ["method", "samples/s", "cost x static/hard", "cost x static, same sharing"]))
-    plot(stats, tasks, out_dir / "mtl_methods.png")
+    if SINGLE in stats:
+        plot(stats, tasks, out_dir / "mtl_methods.png")
+        print(f"\nplot: {out_dir / 'mtl_methods.png'}")
     (out_dir / "mtl_methods.json").write_text(json.dumps({"results": results, "samples_per_s": rates}, indent=1))
-    print(f"\nplot: {out_dir / 'mtl_methods.png'}")
 
 
 if __name__ == "__main__":
