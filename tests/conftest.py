@@ -52,6 +52,15 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_label_infos() -> dict:
+    """Label spaces for the heads of jobs/configs/tiny.yaml: build a model without
+    reading the data."""
+    return {"rating": {"names": ["1", "2", "3"], "counts": [1, 1, 1]}, "stars": {"mean": 0.0, "std": 1.0},
+            "attributes": {"names": ["O", "B-x", "I-x"], "types": ["x"]},
+            "match": {"names": ["0", "1"], "counts": [1, 1]}}
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path, data_root):
     """The shipped tiny config, writing under a per-test directory."""

@@ -10,18 +10,16 @@ from ecomtl.config.load import ConfigError, load_config
 from ecomtl.model.build import build_model, load_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
-INFOS = {"rating": {"names": ["1", "2", "3"], "counts": [1, 1, 1]}, "stars": {"mean": 0.0, "std": 1.0},
-         "attributes": {"names": ["O", "B-x", "I-x"], "types": ["x"]}, "match": {"names": ["0", "1"], "counts": [1, 1]}}
 
 
 def _rates(module: nn.Module) -> set[float]:
     return {m.p for m in module.modules() if isinstance(m, nn.Dropout)}
 
 
-def test_one_head_takes_its_own_rate(data_root):
+def test_one_head_takes_its_own_rate(data_root, tiny_label_infos):
     cfg = load_config(CONFIGS / "tiny.yaml", [f"data_root={data_root}", "model.dropout=0.1",
                                               "model.backbone_dropout=0.0", "tasks.attributes.dropout=0.35"])
-    model = build_model(cfg, INFOS, load_tokenizer(cfg.model))
+    model = build_model(cfg, tiny_label_infos, load_tokenizer(cfg.model))
     assert _rates(model.heads["attributes"]) == {0.35}
     for task in ("rating", "stars", "match"):
         assert _rates(model.heads[task]) == {0.1}, task

@@ -48,9 +48,7 @@ def build_model(cfg: ExperimentConfig, label_infos: dict, tokenizer, location: O
     heads, sharing = _heads_and_sharing(cfg, label_infos, backbone.hidden_size)
     for t, head in heads.items():
         head.attach(backbone, tokenizer, routes[t])
-    model = MultiTaskModel(backbone, heads, sharing, routes)
-    model.backbone_dropouts = dropouts  # sources.<s>.backbone_dropout moves these (train/loop.py)
-    return model
+    return MultiTaskModel(backbone, heads, sharing, routes, dropouts)
 
 
 def build_heads(cfg: ExperimentConfig, label_infos: dict, hidden_size: int, routes: dict) -> MultiTaskModel:

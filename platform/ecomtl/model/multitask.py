@@ -14,7 +14,7 @@ sharing and a shared (or no) adapter, three heads on one source cost one pass.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -44,14 +44,16 @@ class Encoded:
 
 class MultiTaskModel(nn.Module):
     def __init__(self, backbone: Optional[Backbone], heads: Mapping[str, nn.Module], sharing: nn.Module,
-                 routes: Mapping[str, str]):
+                 routes: Mapping[str, str], backbone_dropouts: Sequence[tuple[nn.Module, str, float]] = ()):
         super().__init__()
         self.backbone = backbone
         self.sharing = sharing
         self.heads = nn.ModuleDict(dict(heads))
         self.routes = dict(routes)  # task → adapter route
         self._adapter_layers = [] if backbone is None else adapter_layers(backbone)
-        self.backbone_dropouts: list = []  # (module, attribute, rate) as built: model/build.py
+        # (module, attribute, rate) of the backbone's own dropouts, captured before adapters
+        # were injected: sources.<s>.backbone_dropout moves these (train/loop.py)
+        self.backbone_dropouts = list(backbone_dropouts)
 
     def routes_of(self, tasks: list[str]) -> dict[str, list[str]]:
         """route → its tasks, in first-seen order (one backbone pass per route)."""
